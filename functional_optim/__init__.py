@@ -1,0 +1,37 @@
+"""functional_optim: optax-style functional optimizers for PyTorch.
+
+Every optimizer is a pure :class:`GradientTransformation` ``(init, update)`` over pytrees
+of tensors, built by chaining small transforms::
+
+    import functional_optim as fo
+    opt = fo.chain(fo.clip_by_global_norm(1.0), fo.adamw(lr=1e-3))
+    state = opt.init(params)
+    updates, state = opt.update(grads, state, params)
+    params = fo.apply_updates(params, updates)
+"""
+
+from . import kernels, tree
+from .aliases import adam, adamw, sgd
+from .base import (EmptyState, GradientTransformation, OptState, Params, Schedule, ScalarOrSchedule,
+                   Updates, identity, set_to_zero, stateless)
+from .combine import chain, named_chain
+from .transforms import (ClipByGlobalNormState, EmaState, ScaleByAdamState, ScaleByRmsState,
+                         ScaleByScheduleState, TraceState, add_decayed_weights, clip,
+                         clip_by_global_norm, ema, scale, scale_by_adam, scale_by_learning_rate,
+                         scale_by_rms, scale_by_schedule, scale_by_sign, trace)
+from .updates import apply_updates, apply_updates_
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "kernels", "tree",
+    "GradientTransformation", "EmptyState", "Params", "Updates", "OptState", "Schedule",
+    "ScalarOrSchedule", "identity", "stateless", "set_to_zero",
+    "chain", "named_chain", "apply_updates", "apply_updates_",
+    "scale", "scale_by_learning_rate", "scale_by_schedule", "scale_by_sign",
+    "add_decayed_weights", "clip", "clip_by_global_norm", "trace", "ema",
+    "scale_by_adam", "scale_by_rms",
+    "ScaleByScheduleState", "ClipByGlobalNormState", "TraceState", "EmaState",
+    "ScaleByAdamState", "ScaleByRmsState",
+    "sgd", "adam", "adamw",
+]

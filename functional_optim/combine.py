@@ -1,0 +1,82 @@
+"""Combinators that build one transform out of several."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import GradientTransformation
+
+
+def _check_transform(name: str, tx: Any) -> None:
+    if not isinstance(tx, GradientTransformation):
+        raise TypeError(f"{name} must be a GradientTransformation, got {type(tx).__name__}")
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Apply ``transforms`` one after another; the state is a tuple of their states.
+
+    ``params`` and every extra keyword argument are passed to each transform.
+
+    Args:
+      *transforms: the transforms, first applied first.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> tx = fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(), fo.scale_by_learning_rate(1e-3))
+      >>> params = {"w": torch.zeros(3)}
+      >>> updates, state = tx.update({"w": torch.ones(3)}, tx.init(params), params)
+    """
+    for i, tx in enumerate(transforms):
+        _check_transform(f"transforms[{i}]", tx)
+
+    def init_fn(params):
+        return tuple(tx.init(params) for tx in transforms)
+
+    def update_fn(updates, state, params=None, **extra):
+        if not isinstance(state, tuple) or len(state) != len(transforms):
+            got = len(state) if isinstance(state, tuple) else type(state).__name__
+            raise ValueError(f"state must be a tuple of {len(transforms)} states (one per chained "
+                             f"transform), got {got}")
+        new_state = []
+        for tx, s in zip(transforms, state):
+            updates, s = tx.update(updates, s, params, **extra)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
+    """Like :func:`chain`, with named parts: the state is a dict ``{name: state}``.
+
+    Args:
+      *transforms: ``(name, transform)`` pairs with unique names.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> tx = fo.named_chain(("clip", fo.clip_by_global_norm(1.0)), ("adam", fo.adam(1e-3)))
+      >>> state = tx.init({"w": torch.zeros(3)})
+      >>> sorted(state)
+      ['adam', 'clip']
+    """
+    names = []
+    for i, pair in enumerate(transforms):
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise TypeError(f"transforms[{i}] must be a (name, transform) pair, got {pair!r}")
+        _check_transform(f"transforms[{i}][1]", pair[1])
+        names.append(pair[0])
+    if len(set(names)) != len(names):
+        raise ValueError(f"named_chain names must be unique, got {names}")
+    inner = chain(*(tx for _, tx in transforms))
+
+    def init_fn(params):
+        return dict(zip(names, inner.init(params)))
+
+    def update_fn(updates, state, params=None, **extra):
+        if not isinstance(state, dict) or list(state) != names:
+            got = list(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a dict with keys {names}, got {got}")
+        updates, states = inner.update(updates, tuple(state[n] for n in names), params, **extra)
+        return updates, dict(zip(names, states))
+
+    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,70 @@
+"""Hyperparameter handling shared by transforms: validation and schedule evaluation.
+
+A hyperparameter is a Python number, a 0-d tensor, or (where documented) a schedule
+``count -> value``. Validation reads a tensor's value only when that is safe (outside
+tracing and ``torch.func`` transforms), so building a transform never breaks a trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .kernels import _in_functorch_transform
+
+
+def is_schedule(value: Any) -> bool:
+    """True when ``value`` is a schedule (a callable that is not a tensor)."""
+    return callable(value) and not isinstance(value, torch.Tensor)
+
+
+def value_at(value: Any, count: torch.Tensor) -> Any:
+    """The hyperparameter's value at step ``count`` (schedules are called, others returned)."""
+    return value(count) if is_schedule(value) else value
+
+
+def concrete(value: Any) -> float | None:
+    """``value`` as a float when it can be read without a trace break, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"a tensor hyperparameter must have one element, got shape {tuple(value.shape)}")
+        if torch.compiler.is_compiling() or _in_functorch_transform() or value.is_meta:
+            return None
+        if torch._C._functorch.is_functorch_wrapped_tensor(value):
+            return None
+        return float(value.detach().cpu().real.item()) if value.is_complex() else float(value.detach().item())
+    return None
+
+
+def check_number(name: str, value: Any, *, schedule_ok: bool = False) -> None:
+    """Raise TypeError unless ``value`` is a number, a 0-d tensor (or a schedule if allowed)."""
+    if schedule_ok and is_schedule(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+        kinds = "a number, a 0-d tensor or a schedule" if schedule_ok else "a number or a 0-d tensor"
+        raise TypeError(f"{name} must be {kinds}, got {type(value).__name__}")
+    concrete(value)  # rejects multi-element tensors
+
+
+def check_range(name: str, value: Any, low: float | None = None, high: float | None = None, *,
+                high_inclusive: bool = False, error: type[Exception] = ValueError,
+                schedule_ok: bool = False) -> None:
+    """Validate ``low <= value`` and ``value < high`` (or ``<=`` with ``high_inclusive``).
+
+    Schedules and values that cannot be read without breaking a trace are not checked.
+    """
+    check_number(name, value, schedule_ok=schedule_ok)
+    v = concrete(value)
+    if v is None:
+        return
+    ok = (low is None or v >= low) and (high is None or (v <= high if high_inclusive else v < high))
+    ok = ok and v == v  # NaN is never valid
+    if not ok:
+        lo = "" if low is None else f"{low} <= "
+        hi = "" if high is None else (f" <= {high}" if high_inclusive else f" < {high}")
+        raise error(f"Invalid {name}: {v} (expected {lo}{name}{hi})")

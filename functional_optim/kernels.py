@@ -1,0 +1,323 @@
+"""The one tensor-math layer every transform is written against.
+
+Each kernel maps an elementwise operation over aligned lists of tensors (the present
+leaves of a pytree). Two choices are made here, once, for every transform:
+
+* **pure or donating**: with ``donate=False`` a kernel returns new tensors and touches
+  nothing; with ``donate=True`` it overwrites the tensors of its *first* list argument
+  and returns them (the caller owns those buffers, as with JAX buffer donation).
+* **multi-tensor or per-tensor**: ``torch._foreach_*`` ops where they pay off (one
+  launch for many tensors on accelerators), per-tensor ops where foreach cannot run or
+  gains nothing: on CPU (foreach is a loop there too) and inside ``torch.func``
+  transforms (foreach ops have no batching rules under ``vmap``).
+
+Complex tensors are viewed as real (``torch.view_as_real``) on the way in, so every
+kernel works per real/imaginary component, as torch.optim does.
+
+Scalar arguments may be Python numbers, 0-d tensors, or lists of those (one per
+tensor). Tensor scalars are never read on the host, so kernels stay traceable and
+differentiable with respect to hyperparameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Number
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+TensorList = list[Tensor]
+Scalar = Any  # a Python number, a 0-d tensor, or a list of them (one per tensor)
+
+__all__ = [
+    "set_foreach", "use_foreach", "scalar_dtype",
+    "add", "sub", "mul", "div", "lerp", "addcmul", "addcdiv", "maximum",
+    "sqrt", "sign", "neg", "clamp", "copy", "zeros_like", "cast", "where",
+    "norms", "global_norm", "vdot",
+]
+
+_FOREACH_POLICY: bool | None = None  # None: automatic (see use_foreach)
+
+
+def set_foreach(policy: bool | None) -> None:
+    """Force the multi-tensor path on (True) or off (False), or restore the default (None).
+
+    Args:
+      policy: ``True`` uses ``torch._foreach_*`` ops wherever they can run, ``False``
+        always uses per-tensor ops, ``None`` (default) chooses automatically.
+
+    Example:
+      >>> import functional_optim as fo
+      >>> fo.kernels.set_foreach(False)
+      >>> fo.kernels.set_foreach(None)
+    """
+    global _FOREACH_POLICY
+    if policy not in (None, True, False):
+        raise TypeError(f"policy must be True, False or None, got {policy!r}")
+    _FOREACH_POLICY = policy
+
+
+def _in_functorch_transform() -> bool:
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def use_foreach(tensors: Sequence[Tensor]) -> bool:
+    """Whether kernels over ``tensors`` take the multi-tensor path.
+
+    Automatic rule: yes on accelerators, no on CPU and inside ``torch.func`` transforms.
+    """
+    if not tensors or _FOREACH_POLICY is False or _in_functorch_transform():
+        return False
+    if _FOREACH_POLICY is True:
+        return True
+    device = tensors[0].device
+    return device.type != "cpu" and all(t.device == device for t in tensors)
+
+
+def scalar_dtype(tensor: Tensor) -> torch.dtype:
+    """Dtype for per-step scalars (bias corrections, schedules) of ``tensor``'s update.
+
+    float64, as torch.optim computes these in Python doubles; float32 on devices
+    without float64 support (MPS).
+    """
+    return torch.float32 if tensor.device.type == "mps" else torch.float64
+
+
+# ---------------------------------------------------------------------------------
+# The generic mapper
+
+
+def _real(x: Any) -> Any:
+    if isinstance(x, Tensor) and x.is_complex():
+        return torch.view_as_real(x)
+    return x
+
+
+def _is_list(x: Any) -> bool:
+    return isinstance(x, (list, tuple))
+
+
+def _nth(arg: Any, i: int) -> Any:
+    return arg[i] if _is_list(arg) else arg
+
+
+def _foreach_arg(arg: Any, n: int) -> Any:
+    # foreach ops take Python scalars and tensor lists; a single 0-d tensor scalar is
+    # passed as a list so every op (lerp included) accepts it.
+    if isinstance(arg, Tensor):
+        return [arg] * n
+    if _is_list(arg):
+        if any(isinstance(a, Tensor) for a in arg):
+            return [a if isinstance(a, Tensor) else torch.as_tensor(a) for a in arg]
+        return list(arg)
+    return arg
+
+
+def _map(op: str, xs: Sequence[Tensor], *args: Any, donate: bool = False,
+         out: Sequence[Tensor] | None = None, **kwargs: Any) -> TensorList:
+    """Apply ``torch.<op>`` elementwise over ``xs`` and the aligned ``args``.
+
+    ``donate`` writes the results into ``xs``; ``out`` into the given buffers (they may
+    alias any argument, as elementwise ops allow). ``out`` is for buffers the caller owns
+    and is not differentiable; differentiable code uses ``donate`` on its own
+    intermediates or neither.
+    """
+    n = len(xs)
+    if n == 0:
+        return []
+    for a in args:
+        if _is_list(a) and len(a) != n:
+            raise ValueError(f"kernel {op}: list arguments have lengths {n} and {len(a)}")
+    if donate:
+        out = xs
+    real_xs = [_real(x) for x in xs]
+    real_args = [[_real(a) for a in arg] if _is_list(arg) else _real(arg) for arg in args]
+    if use_foreach(real_xs):
+        fargs = [_foreach_arg(a, n) for a in real_args]
+        if out is xs:
+            getattr(torch, f"_foreach_{op}_")(real_xs, *fargs, **kwargs)
+            return list(xs)
+        results = list(getattr(torch, f"_foreach_{op}")(real_xs, *fargs, **kwargs))
+        if out is not None:
+            torch._foreach_copy_([_real(o) for o in out], results)
+            return list(out)
+    elif out is xs and hasattr(xs[0], f"{op}_"):
+        for i, x in enumerate(real_xs):
+            getattr(x, f"{op}_")(*[_nth(a, i) for a in real_args], **kwargs)
+        return list(xs)
+    else:
+        fn = getattr(torch, op)
+        if out is not None:
+            for i, (x, o) in enumerate(zip(real_xs, out)):
+                fn(x, *[_nth(a, i) for a in real_args], **kwargs, out=_real(o))
+            return list(out)
+        results = [fn(x, *[_nth(a, i) for a in real_args], **kwargs) for i, x in enumerate(real_xs)]
+    return [torch.view_as_complex(r) if x.is_complex() else r for r, x in zip(results, xs)]
+
+
+def _is_number(s: Any) -> bool:
+    return isinstance(s, Number) and not isinstance(s, bool)
+
+
+# ---------------------------------------------------------------------------------
+# Elementwise kernels. ``xs`` is overwritten when ``donate`` is true.
+
+
+def add(xs: Sequence[Tensor], other: Any, alpha: Scalar = 1, *, donate: bool = False,
+        out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x + alpha * other``; ``other`` is a list of tensors or a scalar."""
+    if _is_number(alpha) and alpha == 1:
+        return _map("add", xs, other, donate=donate, out=out)
+    if _is_number(alpha) and _is_list(other):
+        return _map("add", xs, other, alpha=alpha, donate=donate, out=out)
+    if _is_list(other):
+        return _map("add", xs, mul(other, alpha), donate=donate, out=out)
+    scaled = [other * a for a in alpha] if _is_list(alpha) else other * alpha
+    return _map("add", xs, scaled, donate=donate, out=out)
+
+
+def sub(xs: Sequence[Tensor], other: Any, *, donate: bool = False,
+        out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x - other``."""
+    return _map("sub", xs, other, donate=donate, out=out)
+
+
+def mul(xs: Sequence[Tensor], other: Any, *, donate: bool = False,
+        out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x * other``; ``other`` is a list of tensors, a scalar or a list of scalars."""
+    return _map("mul", xs, other, donate=donate, out=out)
+
+
+def div(xs: Sequence[Tensor], other: Any, *, donate: bool = False,
+        out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x / other``."""
+    return _map("div", xs, other, donate=donate, out=out)
+
+
+def lerp(xs: Sequence[Tensor], ends: Sequence[Tensor], weight: Scalar, *, donate: bool = False,
+        out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x + weight * (end - x)`` with torch's ``lerp`` rounding (matches torch.optim's moments)."""
+    return _map("lerp", xs, ends, weight, donate=donate, out=out)
+
+
+def addcmul(xs: Sequence[Tensor], a: Sequence[Tensor], b: Sequence[Tensor], value: Scalar = 1, *,
+            donate: bool = False, out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x + value * a * b``."""
+    if _is_number(value):
+        return _map("addcmul", xs, a, b, value=value, donate=donate, out=out)
+    return _map("add", xs, mul(_map("mul", a, b), value), donate=donate, out=out)
+
+
+def addcdiv(xs: Sequence[Tensor], a: Sequence[Tensor], b: Sequence[Tensor], value: Scalar = 1, *,
+            donate: bool = False, out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x + value * a / b``."""
+    if _is_number(value):
+        return _map("addcdiv", xs, a, b, value=value, donate=donate, out=out)
+    return _map("add", xs, mul(_map("div", a, b), value), donate=donate, out=out)
+
+
+def maximum(xs: Sequence[Tensor], others: Sequence[Tensor], *, donate: bool = False,
+            out: Sequence[Tensor] | None = None) -> TensorList:
+    """Elementwise ``max(x, other)``."""
+    return _map("maximum", xs, others, donate=donate, out=out)
+
+
+def sqrt(xs: Sequence[Tensor], *, donate: bool = False,
+        out: Sequence[Tensor] | None = None) -> TensorList:
+    """Elementwise square root."""
+    return _map("sqrt", xs, donate=donate, out=out)
+
+
+def sign(xs: Sequence[Tensor], *, donate: bool = False,
+        out: Sequence[Tensor] | None = None) -> TensorList:
+    """Elementwise sign (per real/imaginary component for complex tensors)."""
+    return _map("sign", xs, donate=donate, out=out)
+
+
+def neg(xs: Sequence[Tensor], *, donate: bool = False,
+        out: Sequence[Tensor] | None = None) -> TensorList:
+    """``-x``."""
+    return _map("neg", xs, donate=donate, out=out)
+
+
+def clamp(xs: Sequence[Tensor], min: Scalar = None, max: Scalar = None, *, donate: bool = False,
+          out: Sequence[Tensor] | None = None) -> TensorList:
+    """Elementwise clamp to ``[min, max]`` (either may be None)."""
+    result = list(xs)
+    if min is not None:
+        result = _map("clamp_min", result, min, donate=donate, out=out)
+    if max is not None:  # after a first pass the buffers in ``result`` are ours to overwrite
+        first = min is None
+        result = _map("clamp_max", result, max, donate=donate or not first,
+                      out=out if first else None)
+    return result
+
+
+def where(cond: Scalar, xs: Sequence[Tensor], others: Sequence[Tensor]) -> TensorList:
+    """``x if cond else other`` per tensor; ``cond`` is a bool tensor or a list of them."""
+    return [torch.where(_nth(cond, i), x, o) for i, (x, o) in enumerate(zip(xs, others))]
+
+
+def copy(dst: Sequence[Tensor], src: Sequence[Tensor]) -> TensorList:
+    """Copy ``src`` into the buffers of ``dst`` (always in place) and return ``dst``."""
+    if use_foreach(dst):
+        torch._foreach_copy_(list(dst), list(src))
+    else:
+        for d, s in zip(dst, src):
+            d.copy_(s)
+    return list(dst)
+
+
+def zeros_like(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> TensorList:
+    """Fresh zero tensors shaped like ``xs`` (optionally of another dtype)."""
+    return [torch.zeros_like(x, dtype=dtype) for x in xs]
+
+
+def cast(xs: Sequence[Tensor], dtypes: torch.dtype | Sequence[torch.dtype | None] | None) -> TensorList:
+    """Each ``x`` in ``dtype`` (a single dtype or one per tensor; None keeps it)."""
+    return [x if d is None or x.dtype == d else x.to(d) for x, d in zip(xs, _per_tensor(dtypes, len(xs)))]
+
+
+def _per_tensor(value: Any, n: int) -> list:
+    return list(value) if _is_list(value) else [value] * n
+
+
+# ---------------------------------------------------------------------------------
+# Reductions
+
+
+def norms(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> TensorList:
+    """The 2-norm of each tensor as 0-d tensors (complex: sqrt of sum |z|^2).
+
+    ``dtype`` sets the accumulation dtype (default: the widest of the inputs).
+    """
+    if not xs:
+        return []
+    real = [_real(x) for x in xs]
+    dtype = dtype or _widest(real)
+    if use_foreach(real):
+        return list(torch._foreach_norm(real, 2, dtype=dtype))
+    return [torch.linalg.vector_norm(x, dtype=dtype) for x in real]
+
+
+def global_norm(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor | None:
+    """``sqrt(sum_i ||x_i||^2)`` as one 0-d tensor (None when ``xs`` is empty)."""
+    if not xs:
+        return None
+    return torch.linalg.vector_norm(torch.stack(norms(xs, dtype)))
+
+
+def vdot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor | None:
+    """``sum_i <x_i, y_i>`` over real components (complex: Re<x, y>)."""
+    if not xs:
+        return None
+    return sum(torch.sum(_real(x) * _real(y)) for x, y in zip(xs, ys))
+
+
+def _widest(xs: Sequence[Tensor]) -> torch.dtype:
+    dtype = xs[0].dtype
+    for x in xs[1:]:
+        dtype = torch.promote_types(dtype, x.dtype)
+    return dtype if dtype.is_floating_point else torch.get_default_dtype()

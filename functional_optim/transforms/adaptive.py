@@ -1,0 +1,164 @@
+"""Adaptive scalings: Adam's moments and RMS normalisation."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import kernels as k
+from .. import steps
+from ..base import GradientTransformation
+from ..hyperparams import check_range
+from ..tree import full_like, select, zeros_like
+
+
+class ScaleByAdamState(NamedTuple):
+    """State of :func:`scale_by_adam`."""
+
+    count: Any  # tree of 0-d int32: updates each leaf has received (torch's per-param `step`)
+    mu: Any  # tree like params (mu_dtype or the param dtype): first moment
+    nu: Any  # tree like params: second moment
+    nu_max: Any  # tree like params: running max of nu with amsgrad, else None
+
+
+class ScaleByRmsState(NamedTuple):
+    """State of :func:`scale_by_rms`."""
+
+    count: Any  # tree of 0-d int32: updates each leaf has received
+    nu: Any  # tree like params: moving average of squared updates
+
+
+def _check_betas(b1: Any, b2: Any) -> None:
+    check_range("b1", b1, 0.0, 1.0)
+    check_range("b2", b2, 0.0, 1.0)
+
+
+def _is_zero(value: Any) -> bool:
+    return not isinstance(value, torch.Tensor) and value == 0
+
+
+def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.999,
+                  eps: float | torch.Tensor = 1e-8, eps_root: float | torch.Tensor = 0.0,
+                  mu_dtype: torch.dtype | None = None, *, nesterov: bool = False,
+                  amsgrad: bool = False) -> GradientTransformation:
+    """Scale updates by Adam's bias-corrected moments, with torch.optim.Adam's numerics.
+
+    ``mu = lerp(mu, g, 1 - b1)``, ``nu = b2 * nu + (1 - b2) * g**2`` and the update is
+    ``(mu / bc1) / (sqrt(nu + eps_root * bc2) / sqrt(bc2) + eps)`` with
+    ``bc_i = 1 - b_i**t``, ``t`` the leaf's own update count. With ``eps_root=0`` this is
+    torch's formula operation for operation; otherwise it equals optax's
+    ``sqrt(nu_hat + eps_root)``.
+
+    Args:
+      b1: decay of the first moment, in [0, 1). Default 0.9.
+      b2: decay of the second moment, in [0, 1). Default 0.999.
+      eps: added to the denominator outside the square root, >= 0. Default 1e-8.
+      eps_root: added inside the square root (to the bias-corrected nu), >= 0. Default 0.
+      mu_dtype: dtype of the first moment (default: the param's dtype).
+      nesterov: Nesterov-accelerated first moment (optax's NAdam form). Default False.
+      amsgrad: torch's AMSGrad: divide by the running maximum of ``nu``. Default False.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> tx = fo.scale_by_adam()
+      >>> u, state = tx.update(torch.full((2,), 3.0), tx.init(torch.zeros(2)))
+      >>> torch.allclose(u, torch.ones(2))
+      True
+    """
+    _check_betas(b1, b2)
+    check_range("eps", eps, 0.0)
+    check_range("eps_root", eps_root, 0.0)
+
+    def init_fn(params):
+        return ScaleByAdamState(
+            count=steps.leaf_counts(params), mu=zeros_like(params, mu_dtype),
+            nu=zeros_like(params), nu_max=zeros_like(params) if amsgrad else None)
+
+    def update_fn(updates, state, params=None, *, donate=False, **extra):
+        del params, extra
+        trees = dict(count=state.count, mu=state.mu, nu=state.nu)
+        if amsgrad:
+            trees["nu_max"] = state.nu_max
+        sel = select(updates, **trees)
+        g = sel.updates
+        counts = steps.increment(sel["count"], donate=donate)
+        t = steps.as_float(counts, g)
+        bc1 = steps.bias_correction(b1, t)
+        bc2 = steps.bias_correction(b2, t)
+
+        mu = k.lerp(sel["mu"], k.cast(g, [m.dtype for m in sel["mu"]]), 1 - b1, donate=donate)
+        nu = k.mul(sel["nu"], b2, donate=donate)
+        nu = k.addcmul(nu, g, g, 1 - b2, donate=True)  # nu is ours: donated state or fresh
+        nu_max = k.maximum(sel["nu_max"], nu, donate=donate) if amsgrad else None
+        second = nu_max if amsgrad else nu
+
+        scratch = g if donate else None  # a donated g is no longer needed: reuse its memory
+        if not _is_zero(eps_root):
+            second = k.add(second, [eps_root * b for b in bc2])
+        denom = k.sqrt(second, out=scratch)
+        denom = k.div(denom, [torch.sqrt(b) for b in bc2], donate=True)
+        denom = k.add(denom, eps, donate=True)
+        if nesterov:
+            coef_mu = [b1 / (1 - b1 * (1 - c)) for c in bc1]  # b1 / (1 - b1**(t+1))
+            numer = k.mul(mu, coef_mu)
+            numer = k.add(numer, g, [(1 - b1) / c for c in bc1], donate=True)
+            out = k.div(numer, denom, out=scratch)
+        else:
+            out = k.div(mu, denom, out=scratch)
+            out = k.div(out, bc1, donate=True)
+
+        new_state = ScaleByAdamState(
+            count=sel.rebuild(counts, "count"), mu=sel.rebuild(mu, "mu"), nu=sel.rebuild(nu, "nu"),
+            nu_max=sel.rebuild(nu_max, "nu_max") if amsgrad else None)
+        return sel.rebuild(out), new_state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 1e-8,
+                 initial_scale: float = 0.0, eps_in_sqrt: bool = True,
+                 bias_correction: bool = False) -> GradientTransformation:
+    """Divide updates by the root of a moving average of their squares (RMSProp).
+
+    ``nu = decay * nu + (1 - decay) * g**2``; the update is ``g / sqrt(nu + eps)``
+    (``eps_in_sqrt=True``, optax's default) or ``g / (sqrt(nu) + eps)`` (torch's).
+
+    Args:
+      decay: decay of the moving average, in [0, 1]. Default 0.9.
+      eps: stabilising term, >= 0. Default 1e-8.
+      initial_scale: initial value of ``nu``. Default 0.
+      eps_in_sqrt: put ``eps`` inside the square root. Default True.
+      bias_correction: divide ``nu`` by ``1 - decay**t``. Default False.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> tx = fo.scale_by_rms(decay=0.0, eps=0.0)
+      >>> tx.update(torch.tensor([-2.0, 4.0]), tx.init(torch.zeros(2)))[0]
+      tensor([-1.,  1.])
+    """
+    check_range("decay", decay, 0.0, 1.0, high_inclusive=True)
+    check_range("eps", eps, 0.0)
+    check_range("initial_scale", initial_scale, 0.0)
+
+    def init_fn(params):
+        return ScaleByRmsState(count=steps.leaf_counts(params), nu=full_like(params, initial_scale))
+
+    def update_fn(updates, state, params=None, *, donate=False, **extra):
+        del params, extra
+        sel = select(updates, count=state.count, nu=state.nu)
+        g = sel.updates
+        counts = steps.increment(sel["count"], donate=donate)
+        nu = k.mul(sel["nu"], decay, donate=donate)
+        nu = k.addcmul(nu, g, g, 1 - decay, donate=True)
+        second = nu
+        if bias_correction:
+            second = k.div(nu, steps.bias_correction(decay, steps.as_float(counts, g)))
+        if eps_in_sqrt:
+            denom = k.sqrt(k.add(second, eps), donate=True)
+        else:
+            denom = k.add(k.sqrt(second), eps, donate=True)
+        out = k.div(g, denom, donate=donate)
+        return sel.rebuild(out), ScaleByRmsState(count=sel.rebuild(counts, "count"), nu=sel.rebuild(nu, "nu"))
+
+    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,79 @@
+"""Transforms that add a term to the updates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import kernels as k
+from .. import steps
+from ..base import EmptyState, GradientTransformation, ScalarOrSchedule
+from ..hyperparams import check_range, is_schedule
+from ..tree import select
+
+
+class AddDecayedWeightsState(NamedTuple):
+    """State of :func:`add_decayed_weights` with a scheduled weight decay."""
+
+    count: torch.Tensor  # 0-d int32: updates applied so far (the schedule's argument)
+
+
+def _mask_flags(mask: Any, params: Any, updates: Any) -> list[bool]:
+    tree = mask(params) if callable(mask) else mask
+    flags = select(updates, mask=tree)["mask"]
+    for flag in flags:
+        if not isinstance(flag, bool):
+            raise TypeError(f"mask leaves must be Python bools, got {type(flag).__name__}")
+    return flags
+
+
+def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
+                        mask: Any | Callable[[Any], Any] | None = None) -> GradientTransformation:
+    """Add ``weight_decay * param`` to each update (L2 regularisation as a gradient term).
+
+    Placed before an adaptive transform it is torch.optim's coupled ``weight_decay``;
+    placed after it and before the learning rate it is AdamW's decoupled decay.
+
+    Args:
+      weight_decay: a non-negative number, 0-d tensor or schedule ``count -> value``.
+      mask: a tree of Python bools shaped like the params (True: decay this leaf), or a
+        function ``params -> tree of bools``; masked-out leaves pass through unchanged.
+        None (default) decays every leaf.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> tx = fo.add_decayed_weights(0.1)
+      >>> params = {"w": torch.ones(2)}
+      >>> tx.update({"w": torch.zeros(2)}, tx.init(params), params)[0]["w"]
+      tensor([0.1000, 0.1000])
+    """
+    check_range("weight_decay", weight_decay, 0.0, schedule_ok=True)
+    scheduled = is_schedule(weight_decay)
+
+    def init_fn(params):
+        if scheduled:
+            return AddDecayedWeightsState(count=steps.zero_count(steps.first_device(params)))
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, *, donate=False, **extra):
+        del extra
+        if params is None:
+            raise ValueError("add_decayed_weights needs params: call update(updates, state, params)")
+        sel = select(updates, params=params)
+        if mask is not None:
+            flags = _mask_flags(mask, params, updates)
+            chosen = [i for i, flag in enumerate(flags) if flag]
+        else:
+            chosen = range(len(sel))
+        wd = weight_decay(state.count) if scheduled else weight_decay
+        us, ps = sel.updates, sel["params"]
+        decayed = k.add([us[i] for i in chosen], [ps[i] for i in chosen], wd, donate=donate)
+        new = list(us)
+        for i, u in zip(chosen, decayed):
+            new[i] = u
+        new_state = AddDecayedWeightsState(count=state.count + 1) if scheduled else state
+        return sel.rebuild(new), new_state
+
+    return GradientTransformation(init_fn, update_fn)

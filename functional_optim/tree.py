@@ -1,0 +1,297 @@
+"""Pytree utilities on optree (exposed as ``functional_optim.tree``).
+
+``None`` leaves mean "no gradient here": maps skip them and keep them as ``None``.
+Arithmetic goes through the kernel layer, so it is multi-tensor where that pays off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import optree
+import torch
+
+from . import kernels as k
+
+PyTree = Any
+_MISSING = object()
+
+__all__ = [
+    "Selection", "select", "map", "leaves", "add", "sub", "scale", "add_scale", "vdot",
+    "norm", "global_norm", "zeros_like", "ones_like", "full_like", "cast", "get",
+    "get_all_with_path", "set", "describe",
+]
+
+
+# ---------------------------------------------------------------------------------
+# Aligned leaves: how transforms see updates, state and params
+
+
+def describe(spec: optree.PyTreeSpec, limit: int = 160) -> str:
+    """A short printable form of a tree structure for error messages."""
+    text = str(spec)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _flatten(tree: PyTree) -> tuple[list, optree.PyTreeSpec]:
+    return optree.tree_flatten(tree, none_is_leaf=True)
+
+
+class Selection:
+    """The present (non-None) leaves of an updates tree, with aligned leaves of other trees.
+
+    Build it with :func:`select`. ``sel.updates`` is the list of present update leaves;
+    ``sel[name]`` the aligned leaves of the tree given under ``name``;
+    ``sel.rebuild(new_leaves, name)`` puts new leaves back at the present positions of
+    that tree (``name=None``: the updates tree), keeping every other leaf as it was.
+    """
+
+    def __init__(self, updates: PyTree, trees: dict[str, PyTree]):
+        leaves, self.spec = _flatten(updates)
+        self.index = [i for i, leaf in enumerate(leaves) if leaf is not None]
+        self._leaves: dict[str | None, list] = {None: leaves}
+        for name, tree in trees.items():
+            other, spec = _flatten(tree)
+            if spec != self.spec:
+                raise ValueError(
+                    f"{name} does not match the structure of the updates: expected "
+                    f"{describe(self.spec)}, got {describe(spec)}")
+            self._leaves[name] = other
+        self.updates = [leaves[i] for i in self.index]
+
+    def __getitem__(self, name: str) -> list:
+        full = self._leaves[name]
+        return [full[i] for i in self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rebuild(self, new: Sequence[Any], name: str | None = None) -> PyTree:
+        full = list(self._leaves[name])
+        for i, leaf in zip(self.index, new):
+            full[i] = leaf
+        return optree.tree_unflatten(self.spec, full)
+
+
+def select(updates: PyTree, **trees: PyTree) -> Selection:
+    """Align the present leaves of ``updates`` with the same leaves of ``trees``.
+
+    Every tree must have the structure of ``updates`` (``None`` counting as a leaf), else
+    ValueError names it.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> sel = fo.tree.select({"a": torch.ones(1), "b": None},
+      ...                      mu={"a": torch.zeros(1), "b": torch.zeros(1)})
+      >>> len(sel), sel["mu"][0]
+      (1, tensor([0.]))
+    """
+    return Selection(updates, trees)
+
+
+# ---------------------------------------------------------------------------------
+# Maps and arithmetic
+
+
+def map(f: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
+    """``f`` over the non-None leaves of ``tree`` (and aligned leaves of ``rest``); None stays None.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.tree.map(lambda x: x * 2, {"a": torch.ones(1), "b": None})
+      {'a': tensor([2.]), 'b': None}
+    """
+    return optree.tree_map(lambda x, *r: None if x is None else f(x, *r), tree, *rest, none_is_leaf=True)
+
+
+def leaves(tree: PyTree) -> list[torch.Tensor]:
+    """The non-None leaves of ``tree`` in order."""
+    return optree.tree_leaves(tree)
+
+
+def _binary(kernel: Callable, a: PyTree, b: PyTree, *args: Any) -> PyTree:
+    sel = select(a, b=b)
+    return sel.rebuild(kernel(sel.updates, sel["b"], *args))
+
+
+def add(a: PyTree, b: PyTree) -> PyTree:
+    """Leafwise ``a + b`` (None leaves of ``a`` stay None)."""
+    return _binary(k.add, a, b)
+
+
+def sub(a: PyTree, b: PyTree) -> PyTree:
+    """Leafwise ``a - b``."""
+    return _binary(k.sub, a, b)
+
+
+def add_scale(a: PyTree, scalar: Any, b: PyTree) -> PyTree:
+    """Leafwise ``a + scalar * b``."""
+    return _binary(k.add, a, b, scalar)
+
+
+def scale(tree: PyTree, scalar: Any) -> PyTree:
+    """Leafwise ``scalar * x`` (``scalar`` a number or 0-d tensor).
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.tree.scale({"a": torch.ones(2)}, 3.0)
+      {'a': tensor([3., 3.])}
+    """
+    sel = select(tree)
+    return sel.rebuild(k.mul(sel.updates, scalar))
+
+
+def vdot(a: PyTree, b: PyTree) -> torch.Tensor:
+    """``sum <a_i, b_i>`` over all leaves (real part for complex), a 0-d tensor."""
+    sel = select(a, b=b)
+    out = k.vdot(sel.updates, sel["b"])
+    if out is None:
+        raise ValueError("vdot of trees with no tensor leaves")
+    return out
+
+
+def norm(tree: PyTree, ord: int | float | str = 2, squared: bool = False) -> torch.Tensor:
+    """The norm of all leaves seen as one vector: ``ord`` 1, 2 or ``inf``.
+
+    Args:
+      tree: a tree of tensors.
+      ord: 1, 2 (default) or ``float('inf')``/``'inf'``.
+      squared: return the squared norm (only for ``ord=2``).
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.tree.norm({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])})
+      tensor(5.)
+    """
+    xs = leaves(tree)
+    if not xs:
+        raise ValueError("norm of a tree with no tensor leaves")
+    if ord == 2:
+        out = k.global_norm(xs)
+        return out.square() if squared else out
+    if squared:
+        raise ValueError(f"squared=True requires ord=2, got ord={ord!r}")
+    if ord == 1:
+        return sum(torch.linalg.vector_norm(k._real(x), 1) for x in xs)
+    if ord in ("inf", float("inf")):
+        return torch.stack([torch.linalg.vector_norm(k._real(x), float("inf")) for x in xs]).max()
+    raise ValueError(f"ord must be 1, 2 or inf, got {ord!r}")
+
+
+def global_norm(tree: PyTree) -> torch.Tensor:
+    """The 2-norm of all leaves seen as one vector (optax's ``global_norm``)."""
+    return norm(tree, 2)
+
+
+def zeros_like(tree: PyTree, dtype: torch.dtype | None = None) -> PyTree:
+    """Zeros shaped like each leaf (optionally in ``dtype``)."""
+    return map(lambda x: torch.zeros_like(x, dtype=dtype), tree)
+
+
+def ones_like(tree: PyTree, dtype: torch.dtype | None = None) -> PyTree:
+    """Ones shaped like each leaf (optionally in ``dtype``)."""
+    return map(lambda x: torch.ones_like(x, dtype=dtype), tree)
+
+
+def full_like(tree: PyTree, fill_value: Any, dtype: torch.dtype | None = None) -> PyTree:
+    """``fill_value`` shaped like each leaf (optionally in ``dtype``)."""
+    return map(lambda x: torch.full_like(x, fill_value, dtype=dtype), tree)
+
+
+def cast(tree: PyTree, dtype: torch.dtype | None) -> PyTree:
+    """Each floating leaf in ``dtype`` (None: unchanged); integer leaves are kept."""
+    if dtype is None:
+        return tree
+    return map(lambda x: x.to(dtype) if x.is_floating_point() or x.is_complex() else x, tree)
+
+
+# ---------------------------------------------------------------------------------
+# Path-based access into state trees (named chains, NamedTuple states, dicts)
+
+
+def _children(node: Any) -> Iterator[tuple[str, Any]] | None:
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return iter(zip(node._fields, node))
+    if isinstance(node, dict):
+        return ((str(key), v) for key, v in node.items())
+    if isinstance(node, (list, tuple)):
+        return ((str(i), v) for i, v in enumerate(node))
+    return None
+
+
+def _walk(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    children = _children(node)
+    if children is None:
+        return
+    for name, child in children:
+        yield path + (name,), child
+        yield from _walk(child, path + (name,))
+
+
+def _matches(path: tuple[str, ...], key: str) -> bool:
+    wanted = tuple(key.split("/"))
+    return path[-len(wanted):] == wanted
+
+
+def get_all_with_path(tree: PyTree, key: str) -> list[tuple[str, Any]]:
+    """Every node whose path ends with ``key`` (names joined by '/'), as ``(path, node)``."""
+    return [("/".join(p), v) for p, v in _walk(tree, ()) if _matches(p, key)]
+
+
+def get(tree: PyTree, key: str, default: Any = _MISSING) -> Any:
+    """The node of ``tree`` reached by ``key``: a field or dict key name, or a '/'-joined
+    path suffix such as ``"clip/global_norm"`` or ``"1/count"``.
+
+    Raises KeyError when nothing matches (unless ``default`` is given) or when several do.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> tx = fo.named_chain(("clip", fo.clip_by_global_norm(1.0)), ("sgd", fo.sgd(0.1)))
+      >>> params = {"w": torch.ones(2)}
+      >>> _, state = tx.update({"w": torch.tensor([3.0, 4.0])}, tx.init(params), params)
+      >>> fo.tree.get(state, "global_norm")
+      tensor(5.)
+    """
+    found = get_all_with_path(tree, key)
+    if not found:
+        if default is not _MISSING:
+            return default
+        raise KeyError(f"no node named {key!r} in the tree")
+    if len(found) > 1:
+        paths = ", ".join(p for p, _ in found)
+        raise KeyError(f"{key!r} is ambiguous: it matches {paths}; give a longer path")
+    return found[0][1]
+
+
+def set(tree: PyTree, key: str, value: Any) -> PyTree:
+    """A copy of ``tree`` with the single node matched by ``key`` (as in :func:`get`)
+    replaced by ``value``; the input is not modified.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> state = fo.ClipByGlobalNormState(global_norm=torch.tensor(0.0))
+      >>> fo.tree.set(state, "global_norm", torch.tensor(2.0)).global_norm
+      tensor(2.)
+    """
+    target = get_all_with_path(tree, key)
+    if len(target) != 1:
+        get(tree, key)  # raises the KeyError with the reason
+    path = tuple(target[0][0].split("/"))
+    return _replace(tree, path, value)
+
+
+def _replace(node: Any, path: tuple[str, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return node._replace(**{head: _replace(getattr(node, head), rest, value)})
+    if isinstance(node, dict):
+        key = next(kk for kk in node if str(kk) == head)
+        out = type(node)(node)
+        out[key] = _replace(node[key], rest, value)
+        return out
+    items = list(node)
+    items[int(head)] = _replace(items[int(head)], rest, value)
+    return type(node)(items)
