@@ -1,0 +1,1 @@
+"""The stateful PyTorch side of functional_optim (torch.optim.Optimizer adapters)."""
