@@ -10,7 +10,7 @@ leaf as 0-d tensors (float64, like torch.optim's Python doubles), never per elem
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optree
@@ -45,11 +45,50 @@ def increment(counts: Sequence[torch.Tensor], *, donate: bool = False) -> list[t
     return k.add(counts, 1, donate=donate)
 
 
+def per_leaf(fn: Callable[[torch.Tensor], Any], counts: Sequence[torch.Tensor],
+             like: Sequence[torch.Tensor]) -> Any:
+    """Per-step scalars for every leaf, computed once as vectors and split back per leaf.
+
+    ``fn`` receives the leaves' step counts as one float vector (in the per-step scalar
+    dtype of the leaves) and returns a vector or a tuple of vectors; the result is the
+    matching list (or tuple of lists) of 0-d tensors, one per leaf.
+
+    Eagerly this is a handful of ops whatever the number of leaves. Under
+    ``torch.compile`` the final ``stack`` makes inductor materialise the scalars in a
+    tiny kernel of their own instead of recomputing ``b**t`` for every element of the
+    big update kernel (measured 23 ms vs 3.6 ms for a 10M-element Adam step on CPU).
+    """
+    if not counts:
+        out = fn(torch.zeros(0))
+        return tuple([] for _ in out) if isinstance(out, tuple) else []
+    devices = {c.device for c in counts}
+    if len(devices) > 1:  # params on several devices: one computation per leaf
+        parts = [per_leaf(fn, [c], [x]) for c, x in zip(counts, like)]
+        if isinstance(parts[0], tuple):
+            return tuple([p[j][0] for p in parts] for j in range(len(parts[0])))
+        return [p[0] for p in parts]
+    steps = torch.stack(list(counts)).to(k.scalar_dtype(like[0]))
+    out = fn(steps)
+    vectors = _materialize(*(out if isinstance(out, tuple) else (out,)), n=len(counts))
+    return tuple(vectors) if isinstance(out, tuple) else vectors[0]
+
+
+def _materialize(*vectors: torch.Tensor, n: int) -> list[list[torch.Tensor]]:
+    # One concatenation (padded, so it is never a no-op that inductor folds away) makes
+    # the scalars a buffer of their own; then each is split into per-leaf 0-d views.
+    dtype = vectors[0].dtype
+    parts = [torch.broadcast_to(v.to(dtype), (n,)) for v in vectors]
+    flat = torch.cat(parts + [parts[0].new_zeros(1)]).unbind(0)
+    return [list(flat[j * n:(j + 1) * n]) for j in range(len(vectors))]
+
+
 def as_float(counts: Sequence[torch.Tensor], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Each counter as a float scalar in the per-step scalar dtype of the aligned tensor."""
-    return [c.to(k.scalar_dtype(x)) for c, x in zip(counts, like)]
+    """Each counter as a float 0-d tensor in the per-step scalar dtype of the aligned tensor."""
+    return per_leaf(lambda t: t, counts, like)
 
 
 def bias_correction(decay: Any, steps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``1 - decay**t`` for each float step ``t``."""
-    return [1 - decay ** t for t in steps]
+    """``1 - decay**t`` for each float step ``t`` (from :func:`as_float`), computed once."""
+    if not steps:
+        return []
+    return _materialize(1 - decay ** torch.stack(list(steps)), n=len(steps))[0]

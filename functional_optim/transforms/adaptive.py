@@ -83,9 +83,11 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         sel = select(updates, **trees)
         g = sel.updates
         counts = steps.increment(sel["count"], donate=donate)
-        t = steps.as_float(counts, g)
-        bc1 = steps.bias_correction(b1, t)
-        bc2 = steps.bias_correction(b2, t)
+        # per-step scalars, once per leaf: 1 - b1**t, sqrt(1 - b2**t), 1 - b2**t and
+        # Nesterov's coefficients b1 / (1 - b1**(t+1)) and (1 - b1) / (1 - b1**t)
+        bc1, bc2_sqrt, bc2, nest_mu, nest_g = steps.per_leaf(
+            lambda t: (1 - b1 ** t, (1 - b2 ** t).sqrt(), 1 - b2 ** t,
+                       b1 / (1 - b1 ** (t + 1)), (1 - b1) / (1 - b1 ** t)), counts, g)
 
         mu = k.lerp(sel["mu"], k.cast(g, [m.dtype for m in sel["mu"]]), 1 - b1, donate=donate)
         nu = k.mul(sel["nu"], b2, donate=donate)
@@ -97,12 +99,11 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         if not _is_zero(eps_root):
             second = k.add(second, [eps_root * b for b in bc2])
         denom = k.sqrt(second, out=scratch)
-        denom = k.div(denom, [torch.sqrt(b) for b in bc2], donate=True)
+        denom = k.div(denom, bc2_sqrt, donate=True)
         denom = k.add(denom, eps, donate=True)
         if nesterov:
-            coef_mu = [b1 / (1 - b1 * (1 - c)) for c in bc1]  # b1 / (1 - b1**(t+1))
-            numer = k.mul(mu, coef_mu)
-            numer = k.add(numer, g, [(1 - b1) / c for c in bc1], donate=True)
+            numer = k.mul(mu, nest_mu)
+            numer = k.add(numer, g, nest_g, donate=True)
             out = k.div(numer, denom, out=scratch)
         else:
             out = k.div(mu, denom, out=scratch)

@@ -65,7 +65,7 @@ def trace(decay: float | torch.Tensor, nesterov: bool = False, *, dampening: flo
         if undamped:
             weight = 1  # the buffer starts at zero, so its first update is exactly g
         else:  # 1 on a leaf's first update, 1 - dampening afterwards
-            weight = [1 - dampening * (c != 0).to(k.scalar_dtype(x)) for c, x in zip(counts, g)]
+            weight = steps.per_leaf(lambda t: 1 - dampening * (t != 0).to(t.dtype), counts, g)
         buf = k.mul(sel["trace"], decay, donate=donate)
         buf = k.add(buf, g, weight, donate=True)  # buf is ours: the state's (donated) or fresh
         if nesterov:
