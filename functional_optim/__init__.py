@@ -13,7 +13,8 @@ of tensors, built by chaining small transforms::
 from . import kernels, tree
 from .aliases import adam, adamw, sgd
 from .base import (EmptyState, GradientTransformation, OptState, Params, Schedule, ScalarOrSchedule,
-                   Updates, identity, set_to_zero, stateless)
+                   Updates, identity, is_elementwise, mark_elementwise, set_to_zero,
+                   stateless)
 from .combine import chain, named_chain
 from .transforms import (ClipByGlobalNormState, EmaState, ScaleByAdamState, ScaleByRmsState,
                          ScaleByScheduleState, TraceState, add_decayed_weights, clip,
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "kernels", "tree",
     "GradientTransformation", "EmptyState", "Params", "Updates", "OptState", "Schedule",
-    "ScalarOrSchedule", "identity", "stateless", "set_to_zero",
+    "ScalarOrSchedule", "identity", "stateless", "set_to_zero", "mark_elementwise", "is_elementwise",
     "chain", "named_chain", "apply_updates", "apply_updates_",
     "scale", "scale_by_learning_rate", "scale_by_schedule", "scale_by_sign",
     "add_decayed_weights", "clip", "clip_by_global_norm", "trace", "ema",

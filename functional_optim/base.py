@@ -64,7 +64,7 @@ def identity() -> GradientTransformation:
         del params, extra
         return updates, state
 
-    return GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(GradientTransformation(init_fn, update_fn))
 
 
 def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
@@ -107,4 +107,28 @@ def set_to_zero() -> GradientTransformation:
         zeros = optree.tree_map(torch.zeros_like, updates)
         return zeros, state
 
-    return GradientTransformation(identity().init, update_fn)
+    return mark_elementwise(GradientTransformation(identity().init, update_fn))
+
+
+_ELEMENTWISE = "_functional_optim_elementwise"
+
+
+def mark_elementwise(tx: GradientTransformation) -> GradientTransformation:
+    """Declare that ``tx`` treats every element independently (no per-leaf structure).
+
+    Such a transform gives the same result on params packed into one flat tensor as on
+    the separate leaves (while every leaf has an update), which lets the torch.optim
+    adapter run it over flat buffers. Returns ``tx``.
+
+    Example:
+      >>> import functional_optim as fo
+      >>> fo.is_elementwise(fo.mark_elementwise(fo.identity()))
+      True
+    """
+    setattr(tx.update, _ELEMENTWISE, True)
+    return tx
+
+
+def is_elementwise(tx: GradientTransformation) -> bool:
+    """Whether ``tx`` was declared elementwise with :func:`mark_elementwise`."""
+    return bool(getattr(tx.update, _ELEMENTWISE, False))

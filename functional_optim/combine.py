@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import GradientTransformation
+from .base import GradientTransformation, is_elementwise, mark_elementwise
 
 
 def _check_transform(name: str, tx: Any) -> None:
@@ -43,7 +43,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_state.append(s)
         return updates, tuple(new_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    tx = GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(tx) if all(is_elementwise(t) for t in transforms) else tx
 
 
 def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
@@ -79,4 +80,5 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
         updates, states = inner.update(updates, tuple(state[n] for n in names), params, **extra)
         return updates, dict(zip(names, states))
 
-    return GradientTransformation(init_fn, update_fn)
+    tx = GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(tx) if is_elementwise(inner) else tx

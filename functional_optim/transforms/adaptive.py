@@ -8,7 +8,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import GradientTransformation
+from ..base import GradientTransformation, mark_elementwise
 from ..hyperparams import check_range
 from ..tree import full_like, select, zeros_like
 
@@ -114,7 +114,7 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
             nu_max=sel.rebuild(nu_max, "nu_max") if amsgrad else None)
         return sel.rebuild(out), new_state
 
-    return GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(GradientTransformation(init_fn, update_fn))
 
 
 def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 1e-8,
@@ -162,4 +162,4 @@ def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 
         out = k.div(g, denom, donate=donate)
         return sel.rebuild(out), ScaleByRmsState(count=sel.rebuild(counts, "count"), nu=sel.rebuild(nu, "nu"))
 
-    return GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(GradientTransformation(init_fn, update_fn))

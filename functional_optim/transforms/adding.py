@@ -9,7 +9,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import EmptyState, GradientTransformation, ScalarOrSchedule
+from ..base import EmptyState, GradientTransformation, ScalarOrSchedule, mark_elementwise
 from ..hyperparams import check_range, is_schedule
 from ..tree import select
 
@@ -76,4 +76,5 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
         new_state = AddDecayedWeightsState(count=state.count + 1) if scheduled else state
         return sel.rebuild(new), new_state
 
-    return GradientTransformation(init_fn, update_fn)
+    tx = GradientTransformation(init_fn, update_fn)
+    return tx if mask is not None else mark_elementwise(tx)

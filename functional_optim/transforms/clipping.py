@@ -8,7 +8,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import EmptyState, GradientTransformation
+from ..base import EmptyState, GradientTransformation, mark_elementwise
 from ..hyperparams import check_range, concrete
 from ..tree import leaves, select
 
@@ -41,7 +41,7 @@ def clip(max_delta: float | torch.Tensor) -> GradientTransformation:
         sel = select(updates)
         return sel.rebuild(k.clamp(sel.updates, -max_delta, max_delta, donate=donate)), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(GradientTransformation(init_fn, update_fn))
 
 
 def _norm_dtype(tree) -> torch.dtype:

@@ -8,7 +8,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import GradientTransformation
+from ..base import GradientTransformation, mark_elementwise
 from ..hyperparams import check_range, concrete
 from ..tree import select, zeros_like
 
@@ -80,7 +80,7 @@ def trace(decay: float | torch.Tensor, nesterov: bool = False, *, dampening: flo
 
     if nesterov and concrete(decay) == 0.0:
         raise ValueError("nesterov=True requires decay > 0")
-    return GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(GradientTransformation(init_fn, update_fn))
 
 
 def ema(decay: float | torch.Tensor, debias: bool = True, *,
@@ -117,4 +117,4 @@ def ema(decay: float | torch.Tensor, debias: bool = True, *,
             out = k.copy(sel.updates, avg)
         return sel.rebuild(out), EmaState(count=sel.rebuild(counts, "count"), ema=sel.rebuild(avg, "ema"))
 
-    return GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(GradientTransformation(init_fn, update_fn))

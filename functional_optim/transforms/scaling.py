@@ -8,7 +8,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import EmptyState, GradientTransformation, Schedule, ScalarOrSchedule
+from ..base import EmptyState, GradientTransformation, Schedule, ScalarOrSchedule, mark_elementwise
 from ..hyperparams import check_number, check_range, is_schedule
 from ..tree import select
 
@@ -46,7 +46,7 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
         del params, extra
         return _multiply(updates, step_size, donate), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(GradientTransformation(init_fn, update_fn))
 
 
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
@@ -74,7 +74,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
         updates = _multiply(updates, factor, donate)
         return updates, ScaleByScheduleState(count=state.count + 1)
 
-    return GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(GradientTransformation(init_fn, update_fn))
 
 
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True) -> GradientTransformation:
@@ -107,7 +107,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
         factor = -learning_rate if flip_sign else learning_rate
         return _multiply(updates, factor, donate), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(GradientTransformation(init_fn, update_fn))
 
 
 def scale_by_sign() -> GradientTransformation:
@@ -128,4 +128,4 @@ def scale_by_sign() -> GradientTransformation:
         sel = select(updates)
         return sel.rebuild(k.sign(sel.updates, donate=donate)), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return mark_elementwise(GradientTransformation(init_fn, update_fn))
