@@ -1,1 +1,11 @@
-"""The stateful PyTorch side of functional_optim (torch.optim.Optimizer adapters)."""
+"""The stateful PyTorch side of functional_optim.
+
+``FunctionalOptimizer`` turns any transform (or transform factory) into a
+``torch.optim.Optimizer``; ``SGD``, ``Adam``, ``AdamW`` are drop-in replacements for
+torch's classes, with their signatures and state_dict format.
+"""
+
+from .optimizer import FunctionalOptimizer
+from .torch_optim import SGD, Adam, AdamW
+
+__all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW"]
