@@ -37,7 +37,11 @@ class _Group:
                 p.is_floating_point() and not p.is_sparse for p in params):
             self.flat = FlatLayout(params)
         self.state = self.tx.init(self.engine_params(params))
-        self.work: list[torch.Tensor | None] = [None] * len(params)
+        # scratch buffers the eager step donates instead of p.grad; made with the state,
+        # so the first step (traced or not) looks like every later one
+        self.work: list[torch.Tensor | None] = [
+            None if self.flat is not None or opt._donate_grads or p.is_sparse else torch.zeros_like(p)
+            for p in params]
         self.compiled: Callable | None = None
 
     # -- building -----------------------------------------------------------------
