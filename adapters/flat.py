@@ -94,6 +94,7 @@ class FlatLayout:
                 with torch.no_grad():
                     view.copy_(g)
                 p.grad = view
+                self.received[i] = True  # like an accumulated grad: present until zero_grad
                 present.append(True)
         return present
 

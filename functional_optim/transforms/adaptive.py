@@ -27,6 +27,7 @@ class ScaleByRmsState(NamedTuple):
 
     count: Any  # tree of 0-d int32: updates each leaf has received
     nu: Any  # tree like params: moving average of squared updates
+    mu: Any = None  # tree like params: moving average of the updates with centered, else None
 
 
 def _check_betas(b1: Any, b2: Any) -> None:
@@ -85,8 +86,8 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         counts = steps.increment(sel["count"], donate=donate)
         # per-step scalars, once per leaf: 1 - b1**t, sqrt(1 - b2**t), 1 - b2**t and
         # Nesterov's coefficients b1 / (1 - b1**(t+1)) and (1 - b1) / (1 - b1**t)
-        bc1, bc2_sqrt, bc2, nest_mu, nest_g = steps.per_leaf(
-            lambda t: (1 - b1 ** t, (1 - b2 ** t).sqrt(), 1 - b2 ** t,
+        inv_bc1, inv_bc2_sqrt, bc2, nest_mu, nest_g = steps.per_leaf(
+            lambda t: (1 / (1 - b1 ** t), (1 - b2 ** t).rsqrt(), 1 - b2 ** t,
                        b1 / (1 - b1 ** (t + 1)), (1 - b1) / (1 - b1 ** t)), counts, g)
 
         mu = k.lerp(sel["mu"], k.cast(g, [m.dtype for m in sel["mu"]]), 1 - b1, donate=donate)
@@ -99,7 +100,7 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         if not _is_zero(eps_root):
             second = k.add(second, [eps_root * b for b in bc2])
         denom = k.sqrt(second, out=scratch)
-        denom = k.div(denom, bc2_sqrt, donate=True)
+        denom = k.mul(denom, inv_bc2_sqrt, donate=True)
         denom = k.add(denom, eps, donate=True)
         if nesterov:
             numer = k.mul(mu, nest_mu)
@@ -107,7 +108,7 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
             out = k.div(numer, denom, out=scratch)
         else:
             out = k.div(mu, denom, out=scratch)
-            out = k.div(out, bc1, donate=True)
+            out = k.mul(out, inv_bc1, donate=True)
 
         new_state = ScaleByAdamState(
             count=sel.rebuild(counts, "count"), mu=sel.rebuild(mu, "mu"), nu=sel.rebuild(nu, "nu"),
@@ -119,18 +120,22 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
 
 def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 1e-8,
                  initial_scale: float = 0.0, eps_in_sqrt: bool = True,
-                 bias_correction: bool = False) -> GradientTransformation:
+                 bias_correction: bool = False, *, centered: bool = False) -> GradientTransformation:
     """Divide updates by the root of a moving average of their squares (RMSProp).
 
     ``nu = decay * nu + (1 - decay) * g**2``; the update is ``g / sqrt(nu + eps)``
     (``eps_in_sqrt=True``, optax's default) or ``g / (sqrt(nu) + eps)`` (torch's).
+    With ``centered`` (torch's ``centered=True``, optax's :func:`scale_by_stddev`) it also
+    keeps ``mu = lerp(mu, g, 1 - decay)`` and uses the variance ``nu - mu**2`` in place
+    of ``nu``. Complex updates are handled per real/imaginary component, as in torch.
 
     Args:
-      decay: decay of the moving average, in [0, 1]. Default 0.9.
+      decay: decay of the moving averages, in [0, 1]. Default 0.9.
       eps: stabilising term, >= 0. Default 1e-8.
       initial_scale: initial value of ``nu``. Default 0.
       eps_in_sqrt: put ``eps`` inside the square root. Default True.
-      bias_correction: divide ``nu`` by ``1 - decay**t``. Default False.
+      bias_correction: divide ``nu`` (and ``mu``) by ``1 - decay**t``. Default False.
+      centered: divide by the root of the centered second moment. Default False.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -141,25 +146,65 @@ def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 
     check_range("decay", decay, 0.0, 1.0, high_inclusive=True)
     check_range("eps", eps, 0.0)
     check_range("initial_scale", initial_scale, 0.0)
+    if not isinstance(centered, bool):
+        raise TypeError(f"centered must be a bool, got {type(centered).__name__}")
 
     def init_fn(params):
-        return ScaleByRmsState(count=steps.leaf_counts(params), nu=full_like(params, initial_scale))
+        return ScaleByRmsState(count=steps.leaf_counts(params), nu=full_like(params, initial_scale),
+                               mu=zeros_like(params) if centered else None)
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
-        sel = select(updates, count=state.count, nu=state.nu)
+        trees = dict(count=state.count, nu=state.nu)
+        if centered:
+            trees["mu"] = state.mu
+        sel = select(updates, **trees)
         g = sel.updates
         counts = steps.increment(sel["count"], donate=donate)
         nu = k.mul(sel["nu"], decay, donate=donate)
         nu = k.addcmul(nu, g, g, 1 - decay, donate=True)
-        second = nu
+        mu = k.lerp(sel["mu"], g, 1 - decay, donate=donate) if centered else None
+        second, mean = nu, mu
         if bias_correction:
-            second = k.div(nu, steps.bias_correction(decay, steps.as_float(counts, g)))
+            correction = steps.bias_correction(decay, steps.as_float(counts, g))
+            second = k.div(nu, correction)
+            mean = k.div(mu, correction) if centered else None
+        if centered:  # nu - mu**2, as torch's square_avg.addcmul(grad_avg, grad_avg, value=-1)
+            second = k.addcmul(second, mean, mean, -1, donate=bias_correction)
+        own = centered or bias_correction  # ``second`` is a fresh intermediate
         if eps_in_sqrt:
             denom = k.sqrt(k.add(second, eps), donate=True)
-        else:
-            denom = k.add(k.sqrt(second), eps, donate=True)
+        else:  # sqrt saves its output for backward: add eps in place only when donating
+            denom = k.add(k.sqrt(second, donate=own), eps, donate=donate)
         out = k.div(g, denom, donate=donate)
-        return sel.rebuild(out), ScaleByRmsState(count=sel.rebuild(counts, "count"), nu=sel.rebuild(nu, "nu"))
+        new_state = ScaleByRmsState(count=sel.rebuild(counts, "count"), nu=sel.rebuild(nu, "nu"),
+                                    mu=sel.rebuild(mu, "mu") if centered else None)
+        return sel.rebuild(out), new_state
 
     return mark_elementwise(GradientTransformation(init_fn, update_fn))
+
+
+def scale_by_stddev(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 1e-8,
+                    initial_scale: float = 0.0, eps_in_sqrt: bool = True,
+                    bias_correction: bool = False) -> GradientTransformation:
+    """Divide updates by the root of the centered moving average of their squares.
+
+    optax's name for :func:`scale_by_rms` with ``centered=True`` (torch's centered RMSprop):
+    ``mu = lerp(mu, g, 1 - decay)``, ``nu = decay * nu + (1 - decay) * g**2``, update
+    ``g / sqrt(nu - mu**2 + eps)`` or, with ``eps_in_sqrt=False``, ``g / (sqrt(nu - mu**2) + eps)``.
+    The state is a :class:`ScaleByRmsState` whose ``mu`` is set.
+
+    Args:
+      decay: decay of the moving averages, in [0, 1]. Default 0.9.
+      eps: stabilising term, >= 0. Default 1e-8.
+      initial_scale: initial value of ``nu``. Default 0.
+      eps_in_sqrt: put ``eps`` inside the square root. Default True.
+      bias_correction: divide ``mu`` and ``nu`` by ``1 - decay**t``. Default False.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> tx = fo.scale_by_stddev(decay=0.5, eps=0.0)
+      >>> tx.update(torch.tensor([2.0, -4.0]), tx.init(torch.zeros(2)))[0]
+      tensor([ 2., -2.])
+    """
+    return scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered=True)
