@@ -77,7 +77,7 @@ class GroupHyperparams:
     Args:
       group: the param group (hyperparameters by name).
       names: the factory's keyword names to take from the group.
-      dtype: dtype of the hyperparameter tensors (float64 for float64 params, else float32).
+      dtype: dtype of the hyperparameter tensors (float64 where the device has it).
       device: where the tensors live (the params' device).
     """
 
@@ -112,6 +112,22 @@ class GroupHyperparams:
                 kwargs[name] = value if _zero_flag(name, value) else held
         return kwargs
 
+    def number_kwargs(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments with every numeric hyperparameter as a Python number.
+
+        For eager steps: Python numbers select torch's fused scalar kernels (``addcmul``
+        with a ``value``), where 0-d tensors would cost extra passes over memory.
+        Reads tensor values on the host, as torch.optim does for a tensor lr.
+        """
+        kwargs = {}
+        for name in self.names:
+            value = group[name]
+            if isinstance(value, (tuple, list)) and value and all(is_dynamic(v) for v in value):
+                kwargs[name] = tuple(_number(v) for v in value)
+            else:
+                kwargs[name] = _number(value) if is_dynamic(value) else value
+        return kwargs
+
     def refresh(self, group: Mapping[str, Any]) -> None:
         """Copy the group's current values into the tensors (no host sync, no new tensors)."""
         for name, held in self.tensors.items():
@@ -121,6 +137,10 @@ class GroupHyperparams:
                     _assign(t, v)
             else:
                 _assign(held, value)
+
+
+def _number(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) else value
 
 
 def _assign(target: torch.Tensor, value: Any) -> None:

@@ -28,9 +28,8 @@ class _Group:
         params = group["params"]
         self.hyper = None
         if opt._factory is not None:
-            wide = any(p.dtype in (torch.float64, torch.complex128) for p in params)
-            self.hyper = GroupHyperparams(group, opt._names, torch.float64 if wide else torch.float32,
-                                          params[0].device)
+            # per-step scalars in the precision torch.optim uses (Python doubles)
+            self.hyper = GroupHyperparams(group, opt._names, k.scalar_dtype(params[0]), params[0].device)
         self.key, self.tx = self.build(group)
         self.flat: FlatLayout | None = None
         if opt._compile and fo.is_elementwise(self.tx) and all(
@@ -43,6 +42,7 @@ class _Group:
             None if self.flat is not None or opt._donate_grads or p.is_sparse else torch.zeros_like(p)
             for p in params]
         self.compiled: Callable | None = None
+        self.eager: tuple[Any, fo.GradientTransformation] | None = None  # (kwargs, tx) with numbers
 
     # -- building -----------------------------------------------------------------
 
@@ -69,6 +69,7 @@ class _Group:
             self.flat = None
         self.state = self.state_from_entries(group["params"], entries)
         self.compiled = None
+        self.eager = None
 
     # -- state in per-param form ----------------------------------------------------
 
@@ -121,13 +122,26 @@ class _Group:
             return None  # as torch: a group without gradients is left alone
         if self.opt._compile:
             return self.compiled_leaf_step(params, grads, extra)
-        return self.eager_step(params, grads, extra)
+        return self.eager_step(group, grads, extra)
 
-    def eager_step(self, params: list[torch.Tensor], grads: list, extra: dict[str, Any]) -> None:
+    def eager_transform(self, group: dict[str, Any]) -> fo.GradientTransformation:
+        """The transform built from plain numbers (same structure and state as ``self.tx``);
+        rebuilt when a value changes. While traced by dynamo, the tensor-fed one is used so
+        that changing values never recompiles."""
+        if self.hyper is None or torch.compiler.is_compiling():
+            return self.tx
+        kwargs = self.hyper.number_kwargs(group)
+        if self.eager is None or self.eager[0] != kwargs:
+            self.eager = (kwargs, self.opt._factory(**kwargs))
+        return self.eager[1]
+
+    def eager_step(self, group: dict[str, Any], grads: list, extra: dict[str, Any]) -> None:
+        params = group["params"]
         dense = all(g is None or not g.is_sparse for g in grads)
         if dense and not self.opt._donate_grads:
             grads = self.copy_to_work(grads)
-        updates, self.state = self.tx.update(grads, self.state, list(params), donate=dense, **extra)
+        tx = self.eager_transform(group)
+        updates, self.state = tx.update(grads, self.state, list(params), donate=dense, **extra)
         fo.apply_updates_(list(params), updates)
 
     def copy_to_work(self, grads: list) -> list:
@@ -363,6 +377,6 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             group.update(new_group)
             rt.key, rt.tx = rt.build(group)
             rt.state = state
-            rt.compiled = None
+            rt.compiled = rt.eager = None
             if rt.hyper is not None:
                 rt.hyper.refresh(group)

@@ -50,7 +50,8 @@ def per_leaf(fn: Callable[[torch.Tensor], Any], counts: Sequence[torch.Tensor],
     """Per-step scalars for every leaf, computed once as vectors and split back per leaf.
 
     ``fn`` receives the leaves' step counts as one float vector (in the per-step scalar
-    dtype of the leaves) and returns a vector or a tuple of vectors; the result is the
+    dtype of the leaves) and returns a vector or a tuple of vectors (plain numbers and
+    0-d tensors are broadcast to every leaf); the result is the
     matching list (or tuple of lists) of 0-d tensors, one per leaf.
 
     Eagerly this is a handful of ops whatever the number of leaves. Under
@@ -76,8 +77,9 @@ def per_leaf(fn: Callable[[torch.Tensor], Any], counts: Sequence[torch.Tensor],
 def _materialize(*vectors: torch.Tensor, n: int) -> list[list[torch.Tensor]]:
     # One concatenation (padded, so it is never a no-op that inductor folds away) makes
     # the scalars a buffer of their own; then each is split into per-leaf 0-d views.
-    dtype = vectors[0].dtype
-    parts = [torch.broadcast_to(v.to(dtype), (n,)) for v in vectors]
+    like = next(v for v in vectors if isinstance(v, torch.Tensor))
+    parts = [torch.broadcast_to(torch.as_tensor(v, dtype=like.dtype, device=like.device), (n,))
+             for v in vectors]
     flat = torch.cat(parts + [parts[0].new_zeros(1)]).unbind(0)
     return [list(flat[j * n:(j + 1) * n]) for j in range(len(vectors))]
 

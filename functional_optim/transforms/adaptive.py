@@ -47,8 +47,8 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
 
     ``mu = lerp(mu, g, 1 - b1)``, ``nu = b2 * nu + (1 - b2) * g**2`` and the update is
     ``(mu / bc1) / (sqrt(nu + eps_root * bc2) / sqrt(bc2) + eps)`` with
-    ``bc_i = 1 - b_i**t``, ``t`` the leaf's own update count. With ``eps_root=0`` this is
-    torch's formula operation for operation; otherwise it equals optax's
+    ``bc_i = 1 - b_i**t``, ``t`` the leaf's own update count: torch's formula (up to
+    rounding: the scalar factors are applied in one place), and with ``eps_root`` optax's
     ``sqrt(nu_hat + eps_root)``.
 
     Args:
@@ -86,8 +86,13 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         counts = steps.increment(sel["count"], donate=donate)
         # per-step scalars, once per leaf: 1 - b1**t, sqrt(1 - b2**t), 1 - b2**t and
         # Nesterov's coefficients b1 / (1 - b1**(t+1)) and (1 - b1) / (1 - b1**t)
-        inv_bc1, inv_bc2_sqrt, bc2, nest_mu, nest_g = steps.per_leaf(
-            lambda t: (1 / (1 - b1 ** t), (1 - b2 ** t).rsqrt(), 1 - b2 ** t,
+        # Per-step scalars, once per leaf. Without nesterov, 1/bc1 is folded into the
+        # denominator: u = mu / (bc1 * sqrt(nu) / sqrt(bc2) + bc1 * eps), one pass fewer.
+        # Nesterov's numerator b1/(1 - b1**(t+1)) * mu + (1 - b1)/(1 - b1**t) * g carries its
+        # own corrections.
+        sqrt_coef, eps_coef, bc2, nest_mu, nest_g = steps.per_leaf(
+            lambda t: ((1 - b2 ** t).rsqrt() * (1 if nesterov else 1 - b1 ** t),
+                       eps * (1 if nesterov else 1 - b1 ** t), 1 - b2 ** t,
                        b1 / (1 - b1 ** (t + 1)), (1 - b1) / (1 - b1 ** t)), counts, g)
 
         mu = k.lerp(sel["mu"], k.cast(g, [m.dtype for m in sel["mu"]]), 1 - b1, donate=donate)
@@ -95,20 +100,17 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         nu = k.addcmul(nu, g, g, 1 - b2, donate=True)  # nu is ours: donated state or fresh
         nu_max = k.maximum(sel["nu_max"], nu, donate=donate) if amsgrad else None
         second = nu_max if amsgrad else nu
+        numer = mu
+        if nesterov:  # before g's memory is reused below
+            numer = k.add(k.mul(mu, nest_mu), g, nest_g, donate=True)
 
         scratch = g if donate else None  # a donated g is no longer needed: reuse its memory
         if not _is_zero(eps_root):
             second = k.add(second, [eps_root * b for b in bc2])
         denom = k.sqrt(second, out=scratch)
-        denom = k.mul(denom, inv_bc2_sqrt, donate=True)
-        denom = k.add(denom, eps, donate=True)
-        if nesterov:
-            numer = k.mul(mu, nest_mu)
-            numer = k.add(numer, g, nest_g, donate=True)
-            out = k.div(numer, denom, out=scratch)
-        else:
-            out = k.div(mu, denom, out=scratch)
-            out = k.mul(out, inv_bc1, donate=True)
+        denom = k.mul(denom, sqrt_coef, donate=True)
+        denom = k.add(denom, eps_coef, donate=True)
+        out = k.div(numer, denom, out=scratch)
 
         new_state = ScaleByAdamState(
             count=sel.rebuild(counts, "count"), mu=sel.rebuild(mu, "mu"), nu=sel.rebuild(nu, "nu"),
