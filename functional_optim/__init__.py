@@ -12,6 +12,7 @@ of tensors, built by chaining small transforms::
 
 from . import kernels, tree
 from .aliases import adam, adamw, sgd
+from .aliases import adadelta, adagrad, adamax, rmsprop
 from .base import (EmptyState, GradientTransformation, OptState, Params, Schedule, ScalarOrSchedule,
                    Updates, identity, is_elementwise, mark_elementwise, set_to_zero,
                    stateless)
@@ -20,6 +21,8 @@ from .transforms import (ClipByGlobalNormState, EmaState, ScaleByAdamState, Scal
                          ScaleByScheduleState, TraceState, add_decayed_weights, clip,
                          clip_by_global_norm, ema, scale, scale_by_adam, scale_by_learning_rate,
                          scale_by_rms, scale_by_schedule, scale_by_sign, trace)
+from .transforms import (ScaleByAdaDeltaState, ScaleByAdamaxState, ScaleByRssState, scale_by_adadelta,
+                         scale_by_adamax, scale_by_rss, scale_by_stddev)
 from .updates import apply_updates, apply_updates_
 
 __version__ = "0.1.0"
@@ -35,4 +38,7 @@ __all__ = [
     "ScaleByScheduleState", "ClipByGlobalNormState", "TraceState", "EmaState",
     "ScaleByAdamState", "ScaleByRmsState",
     "sgd", "adam", "adamw",
+    "scale_by_stddev", "scale_by_rss", "scale_by_adadelta", "scale_by_adamax",
+    "ScaleByRssState", "ScaleByAdaDeltaState", "ScaleByAdamaxState",
+    "rmsprop", "adagrad", "adadelta", "adamax",
 ]

@@ -34,7 +34,7 @@ Scalar = Any  # a Python number, a 0-d tensor, or a list of them (one per tensor
 __all__ = [
     "set_foreach", "use_foreach", "scalar_dtype",
     "add", "sub", "mul", "div", "lerp", "addcmul", "addcdiv", "maximum",
-    "sqrt", "sign", "neg", "clamp", "copy", "zeros_like", "cast", "where",
+    "sqrt", "sign", "neg", "absolute", "clamp", "copy", "zeros_like", "cast", "where",
     "norms", "global_norm", "vdot",
 ]
 
@@ -282,6 +282,12 @@ def cast(xs: Sequence[Tensor], dtypes: torch.dtype | Sequence[torch.dtype | None
 
 def _per_tensor(value: Any, n: int) -> list:
     return list(value) if _is_list(value) else [value] * n
+
+
+def absolute(xs: Sequence[Tensor], *, donate: bool = False,
+             out: Sequence[Tensor] | None = None) -> TensorList:
+    """Elementwise ``|x|`` (per real/imaginary component for complex tensors, as Adamax needs)."""
+    return _map("abs", xs, donate=donate, out=out)
 
 
 # ---------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Building-block transforms, grouped by concern (optax's names and arguments)."""
 
-from .adaptive import ScaleByAdamState, ScaleByRmsState, scale_by_adam, scale_by_rms
+from .accumulators import (ScaleByAdaDeltaState, ScaleByAdamaxState, ScaleByRssState, scale_by_adadelta,
+                           scale_by_adamax, scale_by_rss)
+from .adaptive import ScaleByAdamState, ScaleByRmsState, scale_by_adam, scale_by_rms, scale_by_stddev
 from .adding import add_decayed_weights
 from .clipping import ClipByGlobalNormState, clip, clip_by_global_norm
 from .momentum import EmaState, TraceState, ema, trace
@@ -8,7 +10,9 @@ from .scaling import (ScaleByScheduleState, scale, scale_by_learning_rate, scale
                       scale_by_sign)
 
 __all__ = [
-    "ScaleByAdamState", "ScaleByRmsState", "scale_by_adam", "scale_by_rms",
+    "ScaleByAdaDeltaState", "ScaleByAdamaxState", "ScaleByRssState", "scale_by_adadelta",
+    "scale_by_adamax", "scale_by_rss",
+    "ScaleByAdamState", "ScaleByRmsState", "scale_by_adam", "scale_by_rms", "scale_by_stddev",
     "add_decayed_weights",
     "ClipByGlobalNormState", "clip", "clip_by_global_norm",
     "EmaState", "TraceState", "ema", "trace",

@@ -108,8 +108,9 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         if not _is_zero(eps_root):
             second = k.add(second, [eps_root * b for b in bc2])
         denom = k.sqrt(second, out=scratch)
-        denom = k.mul(denom, sqrt_coef, donate=True)
-        denom = k.add(denom, eps_coef, donate=True)
+        # in place only when donating: autograd saved sqrt's output for its backward
+        denom = k.mul(denom, sqrt_coef, donate=donate)
+        denom = k.add(denom, eps_coef, donate=donate)
         out = k.div(numer, denom, out=scratch)
 
         new_state = ScaleByAdamState(
