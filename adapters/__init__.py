@@ -6,6 +6,6 @@ torch's classes, with their signatures and state_dict format.
 """
 
 from .optimizer import FunctionalOptimizer
-from .torch_optim import SGD, Adam, AdamW
+from .torch_optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, RMSprop
 
-__all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax"]

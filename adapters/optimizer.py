@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -190,7 +191,11 @@ def _compile_step(tx: fo.GradientTransformation) -> Callable:
         for old, new in zip(optree.tree_leaves(state), optree.tree_leaves(new_state)):
             old.copy_(new)
 
-    return torch.compile(step, fullgraph=True, dynamic=False)
+    # dynamo caches compiled code per code object (8 entries by default); a private copy
+    # of the code gives every group its own cache, so many groups or optimizers coexist
+    own = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__,
+                             step.__defaults__, step.__closure__)
+    return torch.compile(own, fullgraph=True, dynamic=False)
 
 
 class FunctionalOptimizer(torch.optim.Optimizer):

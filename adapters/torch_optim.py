@@ -1,9 +1,16 @@
 """Drop-in replacements for torch.optim's classes: same signatures, same trajectories,
-and state_dicts in torch's format, so checkpoints load both ways."""
+and state_dicts in torch's format, so checkpoints load both ways.
+
+Each class names its functional alias and a table from torch's per-param state keys to
+the names of the matching state leaves (``"<StateClass>.<field>"``, see ``state_io``).
+``foreach``/``fused`` are accepted and ignored (the engine chooses); ``capturable`` and
+``differentiable`` are refused (differentiate through steps with functional_optim
+directly). ``compile=True`` selects the compiled step (see FunctionalOptimizer).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -12,33 +19,59 @@ import functional_optim as fo
 
 from .optimizer import Entry, FunctionalOptimizer
 
-_ADAM = "ScaleByAdamState"
-_TRACE = "TraceState"
+_TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 
 
 def _torch_step(count: torch.Tensor) -> torch.Tensor:
+    """Our int32 step counter as torch's float ``step`` tensor."""
     dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
     return count.detach().to(dtype=dtype, device="cpu").clone()
 
 
 class _TorchCompatible(FunctionalOptimizer):
-    """Shared by the drop-ins: torch-only flags accepted and kept in the groups."""
+    """Shared by the drop-ins: torch's flags, and state in torch's keys.
 
-    def __init__(self, params: Iterable[Any], factory: Any, torch_flags: dict[str, Any], *,
-                 compile: bool = False, **hyperparams: Any):
-        for flag in ("foreach", "fused", "capturable", "differentiable"):
-            if torch_flags.get(flag) and flag in ("capturable", "differentiable"):
+    ``_state_keys`` maps a torch key to one or more of our state names (the first is
+    exported; all are set on import); keys in ``_step_keys`` are step counters (float in
+    torch, int32 here).
+    """
+
+    _state_keys: dict[str, tuple[str, ...]] = {}
+    _step_keys: frozenset[str] = frozenset({"step"})
+
+    def _setup(self, params: Iterable[Any], factory: Callable[..., fo.GradientTransformation],
+               arguments: dict[str, Any], compile: bool) -> None:
+        flags = {name: arguments.pop(name) for name in _TORCH_FLAGS if name in arguments}
+        for flag in ("capturable", "differentiable"):
+            if flags.get(flag):
                 raise ValueError(f"{flag}=True is not supported by {type(self).__name__}; "
                                  "use functional_optim directly to differentiate through steps")
-        self._passthrough = dict(torch_flags)
-        super().__init__(params, factory, compile=compile, **hyperparams)
+        self._passthrough = flags
+        FunctionalOptimizer.__init__(self, params, factory, compile=compile, **arguments)
+
+    def _export_entry(self, entry: Entry) -> Entry:
+        out = {}
+        for key, names in self._state_keys.items():
+            if names[0] in entry:
+                value = entry[names[0]]
+                out[key] = _torch_step(value) if key in self._step_keys else value
+        return out
+
+    def _import_entry(self, entry: Entry) -> Entry:
+        out = {}
+        for key, names in self._state_keys.items():
+            value = entry.get(key)
+            if value is None:
+                continue
+            if key in self._step_keys:
+                value = torch.as_tensor(value).to(torch.int32)
+            for name in names:
+                out[name] = value
+        return out
 
 
 class SGD(_TorchCompatible):
     """``torch.optim.SGD`` on the functional engine (``fo.sgd``), with torch's signature.
-
-    ``foreach``/``fused`` are accepted and ignored (the engine chooses); ``compile=True``
-    runs the compiled flat-buffer step.
 
     Example:
       >>> import torch
@@ -56,29 +89,30 @@ class SGD(_TorchCompatible):
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None, differentiable: bool = False,
                  fused: bool | None = None, compile: bool = False):
-        super().__init__(params, fo.sgd, dict(foreach=foreach, differentiable=differentiable, fused=fused),
-                         compile=compile, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+        self._setup(params, fo.sgd, dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+            maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused), compile)
 
     def _export_entry(self, entry: Entry) -> Entry:
         # torch keeps a momentum buffer only once a param has had a step
-        if f"{_TRACE}.trace" not in entry:
+        if "TraceState.trace" not in entry:
             return {}
-        started = bool(entry[f"{_TRACE}.count"] > 0)
-        return {"momentum_buffer": entry[f"{_TRACE}.trace"] if started else None}
+        started = bool(entry["TraceState.count"] > 0)
+        return {"momentum_buffer": entry["TraceState.trace"] if started else None}
 
     def _import_entry(self, entry: Entry) -> Entry:
         buf = entry.get("momentum_buffer")
         if buf is None:
             return {}
-        return {f"{_TRACE}.trace": buf, f"{_TRACE}.count": torch.ones((), dtype=torch.int32)}
+        return {"TraceState.trace": buf, "TraceState.count": torch.ones((), dtype=torch.int32)}
+
+
+_ADAM_KEYS = {"step": ("ScaleByAdamState.count",), "exp_avg": ("ScaleByAdamState.mu",),
+              "exp_avg_sq": ("ScaleByAdamState.nu",), "max_exp_avg_sq": ("ScaleByAdamState.nu_max",)}
 
 
 class Adam(_TorchCompatible):
     """``torch.optim.Adam`` on the functional engine (``fo.adam``), with torch's signature.
-
-    ``foreach``/``fused`` are accepted and ignored; ``compile=True`` runs the compiled
-    flat-buffer step (at the speed of torch's fused kernel on CPU).
 
     Example:
       >>> import torch
@@ -91,32 +125,20 @@ class Adam(_TorchCompatible):
       tensor(1.)
     """
 
+    _state_keys = _ADAM_KEYS
+
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
                  amsgrad: bool = False, *, foreach: bool | None = None, maximize: bool = False,
                  capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool = False, compile: bool = False):
-        super().__init__(params, fo.adam, dict(foreach=foreach, capturable=capturable,
-                                               differentiable=differentiable, fused=fused),
-                         compile=compile, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
-
-    def _export_entry(self, entry: Entry) -> Entry:
-        out = {"step": _torch_step(entry[f"{_ADAM}.count"]),
-               "exp_avg": entry[f"{_ADAM}.mu"], "exp_avg_sq": entry[f"{_ADAM}.nu"]}
-        if f"{_ADAM}.nu_max" in entry:
-            out["max_exp_avg_sq"] = entry[f"{_ADAM}.nu_max"]
-        return out
-
-    def _import_entry(self, entry: Entry) -> Entry:
-        names = {"exp_avg": "mu", "exp_avg_sq": "nu", "max_exp_avg_sq": "nu_max"}
-        out = {f"{_ADAM}.{ours}": entry[theirs] for theirs, ours in names.items() if theirs in entry}
-        if "step" in entry:
-            out[f"{_ADAM}.count"] = torch.as_tensor(entry["step"]).to(torch.int32)
-        return out
+        self._setup(params, fo.adam, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach,
+            maximize=maximize, capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay), compile)
 
 
-class AdamW(Adam):
+class AdamW(_TorchCompatible):
     """``torch.optim.AdamW`` on the functional engine (``fo.adamw``), with torch's signature.
 
     Example:
@@ -131,12 +153,122 @@ class AdamW(Adam):
       tensor([0.8500, 0.8500], requires_grad=True)
     """
 
+    _state_keys = _ADAM_KEYS
+
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  amsgrad: bool = False, *, maximize: bool = False, foreach: bool | None = None,
                  capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
                  compile: bool = False):
-        _TorchCompatible.__init__(self, params, fo.adamw, dict(foreach=foreach, capturable=capturable,
-                                                               differentiable=differentiable, fused=fused),
-                                  compile=compile, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                  amsgrad=amsgrad, maximize=maximize)
+        self._setup(params, fo.adamw, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+            foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused), compile)
+
+
+class RMSprop(_TorchCompatible):
+    """``torch.optim.RMSprop`` on the functional engine (``fo.rmsprop``), with torch's signature.
+
+    Example:
+      >>> import torch
+      >>> from adapters import RMSprop
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> opt = RMSprop([w], lr=0.01, momentum=0.9, centered=True)
+      >>> w.grad = torch.ones(2)
+      >>> opt.step()
+      >>> sorted(opt.state_dict()["state"][0])
+      ['grad_avg', 'momentum_buffer', 'square_avg', 'step']
+    """
+
+    _state_keys = {"step": ("ScaleByRmsState.count",), "square_avg": ("ScaleByRmsState.nu",),
+                   "grad_avg": ("ScaleByRmsState.mu",),
+                   "momentum_buffer": ("TraceState.trace",)}
+
+    def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0, centered: bool = False,
+                 capturable: bool = False, foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False, *, compile: bool = False):
+        self._setup(params, fo.rmsprop, dict(
+            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+            capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable), compile)
+
+    def _import_entry(self, entry: Entry) -> Entry:
+        out = super()._import_entry(entry)
+        if "momentum_buffer" in entry and "step" in entry:  # the trace's own counter follows torch's step
+            out["TraceState.count"] = torch.as_tensor(entry["step"]).to(torch.int32)
+        return out
+
+
+class Adagrad(_TorchCompatible):
+    """``torch.optim.Adagrad`` on the functional engine (``fo.adagrad``), with torch's signature.
+
+    Example:
+      >>> import torch
+      >>> from adapters import Adagrad
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> opt = Adagrad([w], lr=0.1, initial_accumulator_value=0.1)
+      >>> opt.state_dict()["state"][0]["sum"]
+      tensor([0.1000, 0.1000])
+    """
+
+    _state_keys = {"step": ("ScaleByRssState.count",), "sum": ("ScaleByRssState.sum_of_squares",)}
+
+    def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, lr_decay: float = 0,
+                 weight_decay: float = 0, initial_accumulator_value: float = 0, eps: float = 1e-10,
+                 foreach: bool | None = None, *, maximize: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, compile: bool = False):
+        self._setup(params, fo.adagrad, dict(
+            lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value, eps=eps, foreach=foreach,
+            maximize=maximize, differentiable=differentiable, fused=fused), compile)
+
+
+class Adadelta(_TorchCompatible):
+    """``torch.optim.Adadelta`` on the functional engine (``fo.adadelta``), with torch's signature.
+
+    Example:
+      >>> import torch
+      >>> from adapters import Adadelta
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> opt = Adadelta([w])
+      >>> w.grad = torch.ones(2)
+      >>> opt.step()
+      >>> sorted(opt.state_dict()["state"][0])
+      ['acc_delta', 'square_avg', 'step']
+    """
+
+    _state_keys = {"step": ("ScaleByAdaDeltaState.count",), "square_avg": ("ScaleByAdaDeltaState.e_g",),
+                   "acc_delta": ("ScaleByAdaDeltaState.e_x",)}
+
+    def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1.0, rho: float = 0.9,
+                 eps: float = 1e-6, weight_decay: float = 0, foreach: bool | None = None, *,
+                 capturable: bool = False, maximize: bool = False, differentiable: bool = False,
+                 compile: bool = False):
+        self._setup(params, fo.adadelta, dict(
+            lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, foreach=foreach, capturable=capturable,
+            maximize=maximize, differentiable=differentiable), compile)
+
+
+class Adamax(_TorchCompatible):
+    """``torch.optim.Adamax`` on the functional engine (``fo.adamax``), with torch's signature.
+
+    Example:
+      >>> import torch
+      >>> from adapters import Adamax
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> opt = Adamax([w])
+      >>> w.grad = torch.ones(2)
+      >>> opt.step()
+      >>> sorted(opt.state_dict()["state"][0])
+      ['exp_avg', 'exp_inf', 'step']
+    """
+
+    _state_keys = {"step": ("ScaleByAdamaxState.count",), "exp_avg": ("ScaleByAdamaxState.mu",),
+                   "exp_inf": ("ScaleByAdamaxState.nu",)}
+
+    def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 2e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
+                 foreach: bool | None = None, *, maximize: bool = False, differentiable: bool = False,
+                 capturable: bool = False, compile: bool = False):
+        self._setup(params, fo.adamax, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach, maximize=maximize,
+            differentiable=differentiable, capturable=capturable), compile)
