@@ -144,14 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--skip", nargs="*", default=[], help="variant labels to leave out, e.g. 'torch compiled'")
     args = parser.parse_args(argv)
-    resnet = resnet50_shapes()
-    if args.quick:
-        sets = {"big": [[200_000]], "resnet50": [s for s in resnet if len(s) == 1][:40]}
-        iters = args.iters or 5
-    else:
-        sets = {"big": [[10_000_000]], "resnet50": resnet}
-        iters = args.iters or 20
-    run(args.optimizers, {k: v for k, v in sets.items() if k in args.sets}, iters, set(args.skip))
+    sets = {}
+    if "big" in args.sets:
+        sets["big"] = [[200_000]] if args.quick else [[10_000_000]]
+    if "resnet50" in args.sets:
+        resnet = resnet50_shapes()
+        sets["resnet50"] = [s for s in resnet if len(s) == 1][:40] if args.quick else resnet
+    iters = args.iters or (5 if args.quick else 20)
+    run(args.optimizers, sets, iters, set(args.skip))
 
 
 if __name__ == "__main__":

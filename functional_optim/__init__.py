@@ -13,6 +13,7 @@ of tensors, built by chaining small transforms::
 from . import kernels, tree
 from .aliases import adam, adamw, sgd
 from .aliases import adadelta, adagrad, adamax, rmsprop
+from .aliases import asgd, nadam, radam, rprop
 from .base import (EmptyState, GradientTransformation, OptState, Params, Schedule, ScalarOrSchedule,
                    Updates, identity, is_elementwise, mark_elementwise, set_to_zero,
                    stateless)
@@ -23,6 +24,8 @@ from .transforms import (ClipByGlobalNormState, EmaState, ScaleByAdamState, Scal
                          scale_by_rms, scale_by_schedule, scale_by_sign, trace)
 from .transforms import (ScaleByAdaDeltaState, ScaleByAdamaxState, ScaleByRssState, scale_by_adadelta,
                          scale_by_adamax, scale_by_rss, scale_by_stddev)
+from .transforms import (ScaleByAsgdState, ScaleByNadamState, ScaleByRpropState, scale_by_asgd,
+                         scale_by_nadam, scale_by_radam, scale_by_rprop)
 from .updates import apply_updates, apply_updates_
 
 __version__ = "0.1.0"
@@ -41,4 +44,7 @@ __all__ = [
     "scale_by_stddev", "scale_by_rss", "scale_by_adadelta", "scale_by_adamax",
     "ScaleByRssState", "ScaleByAdaDeltaState", "ScaleByAdamaxState",
     "rmsprop", "adagrad", "adadelta", "adamax",
+    "scale_by_nadam", "scale_by_radam", "scale_by_asgd", "scale_by_rprop",
+    "ScaleByNadamState", "ScaleByAsgdState", "ScaleByRpropState",
+    "nadam", "radam", "asgd", "rprop",
 ]

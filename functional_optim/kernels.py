@@ -35,6 +35,8 @@ __all__ = [
     "set_foreach", "use_foreach", "scalar_dtype",
     "add", "sub", "mul", "div", "lerp", "addcmul", "addcdiv", "maximum",
     "sqrt", "sign", "neg", "absolute", "clamp", "copy", "zeros_like", "cast", "where",
+    "select_by_sign", "scalars_for",
+    "gather_sparse", "scatter_sparse", "sparse_like",
     "norms", "global_norm", "vdot",
 ]
 
@@ -288,6 +290,80 @@ def absolute(xs: Sequence[Tensor], *, donate: bool = False,
              out: Sequence[Tensor] | None = None) -> TensorList:
     """Elementwise ``|x|`` (per real/imaginary component for complex tensors, as Adamax needs)."""
     return _map("abs", xs, donate=donate, out=out)
+
+
+def scalars_for(scalars: Sequence[Any], xs: Sequence[Tensor]) -> list:
+    """Per-tensor scalars (0-d tensors, e.g. float64 from ``steps.per_leaf``) that keep the
+    dtype of each ``x`` they are combined with.
+
+    A 0-d tensor scalar never changes the dtype of a tensor with dimensions, but two 0-d
+    operands promote (a float32 0-d param times a float64 scalar gives float64): the
+    scalar of a real 0-d ``x`` is cast to ``x``'s dtype, as torch casts a Python scalar.
+    """
+    return [s.to(x.dtype) if isinstance(s, Tensor) and x.dim() == 0 and not x.is_complex()
+            and s.dtype != x.dtype else s for s, x in zip(scalars, xs)]
+
+
+def _choice(value: Any, i: int, like: Tensor) -> Tensor:
+    # one operand of select_by_sign for tensor ``i``, as a tensor ``torch.where`` accepts
+    value = _nth(value, i)
+    if isinstance(value, Tensor):
+        if value.is_complex():  # a tensor shaped like the tests (0-d ones included)
+            return torch.view_as_real(value)
+        return value if value.dim() else value.to(like.dtype)
+    return torch.full((), value, dtype=like.dtype, device=like.device)
+
+
+def select_by_sign(tests: Sequence[Tensor], positive: Any, negative: Any, zero: Any, *,
+                   out: Sequence[Tensor] | None = None) -> TensorList:
+    """Per element of each ``test``: ``positive`` where it is > 0, ``negative`` where < 0,
+    else ``zero`` (also for NaN).
+
+    Each choice is a scalar (a number, a 0-d tensor, or a list of them, one per tensor) or
+    a list of tensors shaped like ``tests``. Complex tests are compared per real/imaginary
+    component and give a complex result holding one choice per component (Rprop's step
+    factors). The result has the dtype of ``tests``; ``out`` writes it into given buffers
+    (which may be ``tests`` themselves). When ``positive is zero`` one ``where`` suffices
+    (e.g. ``select_by_sign(t, g, 0.0, g)`` zeroes ``g`` where ``t < 0``).
+    """
+    results = []
+    for i, t in enumerate(tests):
+        rt = _real(t)
+        pos, neg = _choice(positive, i, rt), _choice(negative, i, rt)
+        other = pos if positive is zero else torch.where(rt > 0, pos, _choice(zero, i, rt))
+        cond = rt < 0
+        if out is not None:
+            results.append(torch.where(cond, neg, other, out=_real(out[i])))
+        else:
+            results.append(torch.where(cond, neg, other).to(rt.dtype))
+    if out is not None:
+        return list(out)
+    return [torch.view_as_complex(r.contiguous()) if t.is_complex() else r for r, t in zip(results, tests)]
+
+
+# Sparse COO gradients (SparseAdam): dense state read and written at a gradient's indices.
+# ``masks`` are coalesced sparse COO tensors shaped like the aligned ``xs``.
+
+
+def gather_sparse(xs: Sequence[Tensor], masks: Sequence[Tensor]) -> TensorList:
+    """The entries of each dense ``x`` at the indices of ``mask``, in the order of its values
+    (torch's ``x.sparse_mask(mask).values()``)."""
+    return [x[tuple(m._indices())] for x, m in zip(xs, masks)]
+
+
+def scatter_sparse(xs: Sequence[Tensor], masks: Sequence[Tensor], values: Sequence[Tensor], *,
+                   donate: bool = False) -> TensorList:
+    """Each ``x`` with its entries at the indices of ``mask`` replaced by ``values``
+    (in place when donated). Entries elsewhere are untouched."""
+    if donate:
+        return [x.index_put_(tuple(m._indices()), v) for x, m, v in zip(xs, masks, values)]
+    return [x.index_put(tuple(m._indices()), v) for x, m, v in zip(xs, masks, values)]
+
+
+def sparse_like(masks: Sequence[Tensor], values: Sequence[Tensor]) -> TensorList:
+    """Sparse COO tensors with the indices and shape of each ``mask`` and the given ``values``."""
+    return [torch.sparse_coo_tensor(m._indices(), v, m.shape, is_coalesced=m.is_coalesced(),
+                                    check_invariants=False) for m, v in zip(masks, values)]
 
 
 # ---------------------------------------------------------------------------------

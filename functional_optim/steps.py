@@ -94,3 +94,32 @@ def bias_correction(decay: Any, steps: Sequence[torch.Tensor]) -> list[torch.Ten
     if not steps:
         return []
     return _materialize(1 - decay ** torch.stack(list(steps)), n=len(steps))[0]
+
+
+def torch_scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim keeps per-param scalar state in (``step``, NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``): float64 when the default dtype is float64,
+    else float32 (torch's ``_get_scalar_dtype``). Read when a state is initialised."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def per_leaf_with(fn: Callable[..., Any], counts: Sequence[torch.Tensor], like: Sequence[torch.Tensor],
+                  *scalars: Sequence[torch.Tensor]) -> Any:
+    """:func:`per_leaf` for scalars that also depend on per-leaf 0-d state.
+
+    ``fn(t, *s)`` receives the step counts and each list of ``scalars`` (0-d tensors, one
+    per leaf, such as NAdam's ``mu_product``) as vectors in the per-step scalar dtype
+    (exactly: float32 and float64 values are kept). Outputs as in :func:`per_leaf`.
+    """
+    if counts and len({c.device for c in counts}) > 1:  # one computation per leaf
+        parts = [per_leaf_with(fn, [c], [x], *[[s[i]] for s in scalars])
+                 for i, (c, x) in enumerate(zip(counts, like))]
+        if isinstance(parts[0], tuple):
+            return tuple([p[j][0] for p in parts] for j in range(len(parts[0])))
+        return [p[0] for p in parts]
+
+    def with_state(t: torch.Tensor) -> Any:
+        vectors = [torch.stack(list(s)).to(t.dtype) if len(s) else t.new_zeros(0) for s in scalars]
+        return fn(t, *vectors)
+
+    return per_leaf(with_state, counts, like)

@@ -4,7 +4,12 @@ from .adadelta import adadelta
 from .adagrad import adagrad
 from .adam import adam, adamw
 from .adamax import adamax
+from .asgd import asgd
+from .nadam import nadam
+from .radam import radam
 from .rmsprop import rmsprop
+from .rprop import rprop
 from .sgd import sgd
 
-__all__ = ["adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax"]
+__all__ = ["adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax",
+           "nadam", "radam", "asgd", "rprop"]

@@ -3,9 +3,12 @@
 from .accumulators import (ScaleByAdaDeltaState, ScaleByAdamaxState, ScaleByRssState, scale_by_adadelta,
                            scale_by_adamax, scale_by_rss)
 from .adaptive import ScaleByAdamState, ScaleByRmsState, scale_by_adam, scale_by_rms, scale_by_stddev
+from .adam_variants import ScaleByNadamState, scale_by_nadam, scale_by_radam
 from .adding import add_decayed_weights
+from .averaging import ScaleByAsgdState, scale_by_asgd
 from .clipping import ClipByGlobalNormState, clip, clip_by_global_norm
 from .momentum import EmaState, TraceState, ema, trace
+from .sign_based import ScaleByRpropState, scale_by_rprop
 from .scaling import (ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule,
                       scale_by_sign)
 
@@ -14,6 +17,8 @@ __all__ = [
     "scale_by_adamax", "scale_by_rss",
     "ScaleByAdamState", "ScaleByRmsState", "scale_by_adam", "scale_by_rms", "scale_by_stddev",
     "add_decayed_weights",
+    "ScaleByNadamState", "scale_by_nadam", "scale_by_radam", "ScaleByAsgdState", "scale_by_asgd",
+    "ScaleByRpropState", "scale_by_rprop",
     "ClipByGlobalNormState", "clip", "clip_by_global_norm",
     "EmaState", "TraceState", "ema", "trace",
     "ScaleByScheduleState", "scale", "scale_by_learning_rate", "scale_by_schedule", "scale_by_sign",
