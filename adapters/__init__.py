@@ -6,6 +6,7 @@ torch's classes, with their signatures and state_dict format.
 """
 
 from .optimizer import FunctionalOptimizer
-from .torch_optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, RMSprop
+from .torch_optim import ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop
 
-__all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax"]
+__all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
+           "NAdam", "RAdam", "ASGD", "Rprop"]

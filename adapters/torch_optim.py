@@ -38,6 +38,8 @@ class _TorchCompatible(FunctionalOptimizer):
 
     _state_keys: dict[str, tuple[str, ...]] = {}
     _step_keys: frozenset[str] = frozenset({"step"})
+    _eager_state = False  # torch creates state at a param's first step (Adagrad: at construction)
+    _fixed_keys: dict[str, Any] = {}  # group keys torch's class always sets (AdamW's decoupled_weight_decay)
 
     def _setup(self, params: Iterable[Any], factory: Callable[..., fo.GradientTransformation],
                arguments: dict[str, Any], compile: bool) -> None:
@@ -46,10 +48,13 @@ class _TorchCompatible(FunctionalOptimizer):
             if flags.get(flag):
                 raise ValueError(f"{flag}=True is not supported by {type(self).__name__}; "
                                  "use functional_optim directly to differentiate through steps")
-        self._passthrough = flags
+        self._passthrough = {**flags, **self._fixed_keys}
         FunctionalOptimizer.__init__(self, params, factory, compile=compile, **arguments)
 
     def _export_entry(self, entry: Entry) -> Entry:
+        step_name = self._state_keys["step"][0]
+        if not self._eager_state and step_name in entry and int(entry[step_name]) == 0:
+            return {}  # never stepped: torch has no state for it yet
         out = {}
         for key, names in self._state_keys.items():
             if names[0] in entry:
@@ -154,6 +159,7 @@ class AdamW(_TorchCompatible):
     """
 
     _state_keys = _ADAM_KEYS
+    _fixed_keys = {"decoupled_weight_decay": True}
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
@@ -211,6 +217,7 @@ class Adagrad(_TorchCompatible):
     """
 
     _state_keys = {"step": ("ScaleByRssState.count",), "sum": ("ScaleByRssState.sum_of_squares",)}
+    _eager_state = True
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, lr_decay: float = 0,
                  weight_decay: float = 0, initial_accumulator_value: float = 0, eps: float = 1e-10,
@@ -272,3 +279,111 @@ class Adamax(_TorchCompatible):
         self._setup(params, fo.adamax, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach, maximize=maximize,
             differentiable=differentiable, capturable=capturable), compile)
+
+
+class NAdam(_TorchCompatible):
+    """``torch.optim.NAdam`` on the functional engine (``fo.nadam``), with torch's signature.
+
+    Example:
+      >>> import torch
+      >>> from adapters import NAdam
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> opt = NAdam([w])
+      >>> w.grad = torch.ones(2)
+      >>> opt.step()
+      >>> sorted(opt.state_dict()["state"][0])
+      ['exp_avg', 'exp_avg_sq', 'mu_product', 'step']
+    """
+
+    _state_keys = {"step": ("ScaleByNadamState.count",), "exp_avg": ("ScaleByNadamState.mu",),
+                   "exp_avg_sq": ("ScaleByNadamState.nu",), "mu_product": ("ScaleByNadamState.mu_product",)}
+
+    def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 2e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
+                 momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, compile: bool = False):
+        self._setup(params, fo.nadam, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+            decoupled_weight_decay=decoupled_weight_decay, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable), compile)
+
+
+class RAdam(_TorchCompatible):
+    """``torch.optim.RAdam`` on the functional engine (``fo.radam``), with torch's signature.
+
+    Example:
+      >>> import torch
+      >>> from adapters import RAdam
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> opt = RAdam([w])
+      >>> w.grad = torch.ones(2)
+      >>> opt.step()
+      >>> sorted(opt.state_dict()["state"][0])
+      ['exp_avg', 'exp_avg_sq', 'step']
+    """
+
+    _state_keys = {"step": ("ScaleByAdamState.count",), "exp_avg": ("ScaleByAdamState.mu",),
+                   "exp_avg_sq": ("ScaleByAdamState.nu",)}
+
+    def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
+                 decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False, differentiable: bool = False,
+                 compile: bool = False):
+        self._setup(params, fo.radam, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable), compile)
+
+
+class ASGD(_TorchCompatible):
+    """``torch.optim.ASGD`` on the functional engine (``fo.asgd``), with torch's signature.
+
+    Example:
+      >>> import torch
+      >>> from adapters import ASGD
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> opt = ASGD([w])
+      >>> w.grad = torch.ones(2)
+      >>> opt.step()
+      >>> sorted(opt.state_dict()["state"][0])
+      ['ax', 'eta', 'mu', 'step']
+    """
+
+    _state_keys = {"step": ("ScaleByAsgdState.count",), "eta": ("ScaleByAsgdState.eta",),
+                   "mu": ("ScaleByAsgdState.mu",), "ax": ("ScaleByAsgdState.ax",)}
+
+    def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4,
+                 alpha: float = 0.75, t0: float = 1e6, weight_decay: float = 0, foreach: bool | None = None,
+                 maximize: bool = False, differentiable: bool = False, capturable: bool = False, *,
+                 compile: bool = False):
+        self._setup(params, fo.asgd, dict(
+            lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach,
+            maximize=maximize, differentiable=differentiable, capturable=capturable), compile)
+
+
+class Rprop(_TorchCompatible):
+    """``torch.optim.Rprop`` on the functional engine (``fo.rprop``), with torch's signature.
+
+    Example:
+      >>> import torch
+      >>> from adapters import Rprop
+      >>> w = torch.nn.Parameter(torch.zeros(2))
+      >>> opt = Rprop([w])
+      >>> w.grad = torch.ones(2)
+      >>> opt.step()
+      >>> sorted(opt.state_dict()["state"][0])
+      ['prev', 'step', 'step_size']
+    """
+
+    _state_keys = {"step": ("ScaleByRpropState.count",), "prev": ("ScaleByRpropState.prev_updates",),
+                   "step_size": ("ScaleByRpropState.step_sizes",)}
+
+    def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2,
+                 etas: tuple[float, float] = (0.5, 1.2), step_sizes: tuple[float, float] = (1e-6, 50), *,
+                 capturable: bool = False, foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False, compile: bool = False):
+        self._setup(params, fo.rprop, dict(
+            lr=lr, etas=etas, step_sizes=step_sizes, capturable=capturable, foreach=foreach,
+            maximize=maximize, differentiable=differentiable), compile)

@@ -29,6 +29,12 @@ CASES = [
     ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
     ("Adadelta", dict(lr=1.0, rho=0.8, weight_decay=0.01)),
     ("Adamax", dict(lr=0.01, weight_decay=0.01)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.01)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("ASGD", dict(lr=0.01, t0=5, lambd=1e-3, weight_decay=0.01)),
+    ("Rprop", dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-5, 1.0), maximize=True)),
 ]
 SHAPES = [(3, 4), (5,), (), (2, 3, 2, 2)]
 
