@@ -5,8 +5,11 @@
 torch's classes, with their signatures and state_dict format.
 """
 
+from .lr_finder import LearningRateFinder
 from .optimizer import FunctionalOptimizer
+from .schedulers import ExponentialLR, LinearLR, ScheduleLR, WarmupCosineSchedule
 from .torch_optim import ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop
 
 __all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-           "NAdam", "RAdam", "ASGD", "Rprop"]
+           "NAdam", "RAdam", "ASGD", "Rprop",
+           "ScheduleLR", "WarmupCosineSchedule", "LinearLR", "ExponentialLR", "LearningRateFinder"]

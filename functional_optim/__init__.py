@@ -27,6 +27,13 @@ from .transforms import (ScaleByAdaDeltaState, ScaleByAdamaxState, ScaleByRssSta
 from .transforms import (ScaleByAsgdState, ScaleByNadamState, ScaleByRpropState, scale_by_asgd,
                          scale_by_nadam, scale_by_radam, scale_by_rprop)
 from .updates import apply_updates, apply_updates_
+from .schedules import (constant_schedule, cosine_decay_schedule, cosine_onecycle_schedule,
+                        exponential_decay, exponential_range_schedule, join_schedules,
+                        linear_onecycle_schedule, linear_range_schedule, linear_schedule,
+                        piecewise_constant_schedule, piecewise_interpolate_schedule,
+                        polynomial_schedule, sgdr_schedule, warmup_constant_schedule,
+                        warmup_cosine_decay_schedule, warmup_cosine_schedule,
+                        warmup_exponential_decay_schedule)
 
 __version__ = "0.1.0"
 
@@ -47,4 +54,10 @@ __all__ = [
     "scale_by_nadam", "scale_by_radam", "scale_by_asgd", "scale_by_rprop",
     "ScaleByNadamState", "ScaleByAsgdState", "ScaleByRpropState",
     "nadam", "radam", "asgd", "rprop",
+    "constant_schedule", "linear_schedule", "polynomial_schedule", "exponential_decay",
+    "piecewise_constant_schedule", "piecewise_interpolate_schedule",
+    "cosine_decay_schedule", "warmup_cosine_decay_schedule", "sgdr_schedule",
+    "warmup_constant_schedule", "warmup_exponential_decay_schedule",
+    "linear_onecycle_schedule", "cosine_onecycle_schedule", "join_schedules",
+    "warmup_cosine_schedule", "linear_range_schedule", "exponential_range_schedule",
 ]
