@@ -14,6 +14,8 @@ from . import kernels, tree
 from .aliases import adam, adamw, sgd
 from .aliases import adadelta, adagrad, adamax, rmsprop
 from .aliases import asgd, nadam, radam, rprop
+from . import linesearch
+from .aliases import LBFGSState, lbfgs, sparse_adam
 from .base import (EmptyState, GradientTransformation, OptState, Params, Schedule, ScalarOrSchedule,
                    Updates, identity, is_elementwise, mark_elementwise, set_to_zero,
                    stateless)
@@ -26,6 +28,7 @@ from .transforms import (ScaleByAdaDeltaState, ScaleByAdamaxState, ScaleByRssSta
                          scale_by_adamax, scale_by_rss, scale_by_stddev)
 from .transforms import (ScaleByAsgdState, ScaleByNadamState, ScaleByRpropState, scale_by_asgd,
                          scale_by_nadam, scale_by_radam, scale_by_rprop)
+from .transforms import ScaleBySparseAdamState, scale_by_sparse_adam
 from .updates import apply_updates, apply_updates_
 from .schedules import (constant_schedule, cosine_decay_schedule, cosine_onecycle_schedule,
                         exponential_decay, exponential_range_schedule, join_schedules,
@@ -54,6 +57,8 @@ __all__ = [
     "scale_by_nadam", "scale_by_radam", "scale_by_asgd", "scale_by_rprop",
     "ScaleByNadamState", "ScaleByAsgdState", "ScaleByRpropState",
     "nadam", "radam", "asgd", "rprop",
+    "linesearch", "lbfgs", "LBFGSState", "sparse_adam", "scale_by_sparse_adam",
+    "ScaleBySparseAdamState",
     "constant_schedule", "linear_schedule", "polynomial_schedule", "exponential_decay",
     "piecewise_constant_schedule", "piecewise_interpolate_schedule",
     "cosine_decay_schedule", "warmup_cosine_decay_schedule", "sgdr_schedule",

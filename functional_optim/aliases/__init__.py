@@ -5,11 +5,14 @@ from .adagrad import adagrad
 from .adam import adam, adamw
 from .adamax import adamax
 from .asgd import asgd
+from .lbfgs import LBFGSState, lbfgs
 from .nadam import nadam
 from .radam import radam
 from .rmsprop import rmsprop
 from .rprop import rprop
 from .sgd import sgd
+from .sparse_adam import sparse_adam
 
 __all__ = ["adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax",
-           "nadam", "radam", "asgd", "rprop"]
+           "nadam", "radam", "asgd", "rprop",
+           "lbfgs", "LBFGSState", "sparse_adam"]

@@ -9,6 +9,7 @@ from .averaging import ScaleByAsgdState, scale_by_asgd
 from .clipping import ClipByGlobalNormState, clip, clip_by_global_norm
 from .momentum import EmaState, TraceState, ema, trace
 from .sign_based import ScaleByRpropState, scale_by_rprop
+from .sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 from .scaling import (ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule,
                       scale_by_sign)
 
@@ -19,6 +20,7 @@ __all__ = [
     "add_decayed_weights",
     "ScaleByNadamState", "scale_by_nadam", "scale_by_radam", "ScaleByAsgdState", "scale_by_asgd",
     "ScaleByRpropState", "scale_by_rprop",
+    "ScaleBySparseAdamState", "scale_by_sparse_adam",
     "ClipByGlobalNormState", "clip", "clip_by_global_norm",
     "EmaState", "TraceState", "ema", "trace",
     "ScaleByScheduleState", "scale", "scale_by_learning_rate", "scale_by_schedule", "scale_by_sign",
