@@ -6,10 +6,12 @@ torch's classes, with their signatures and state_dict format.
 """
 
 from .lr_finder import LearningRateFinder
+from .lbfgs import LBFGS
 from .optimizer import FunctionalOptimizer
 from .schedulers import ExponentialLR, LinearLR, ScheduleLR, WarmupCosineSchedule
-from .torch_optim import ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop
+from .torch_optim import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop,
+                          SparseAdam)
 
 __all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-           "NAdam", "RAdam", "ASGD", "Rprop",
+           "NAdam", "RAdam", "ASGD", "Rprop", "SparseAdam", "LBFGS",
            "ScheduleLR", "WarmupCosineSchedule", "LinearLR", "ExponentialLR", "LearningRateFinder"]

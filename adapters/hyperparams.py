@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from numbers import Number
+from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -37,15 +37,17 @@ def factory_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, Number) and not isinstance(value, (bool, complex))
+    # integers are counts and sizes (max_iter, history_size, sync periods): static
+    return isinstance(value, Real) and not isinstance(value, Integral)
 
 
 def _is_scalar_tensor(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.numel() == 1
+    return isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
 
 
 def is_dynamic(value: Any) -> bool:
-    """Numbers and one-element tensors are fed as tensors; everything else is static."""
+    """Floats and one-element float tensors are fed as tensors; everything else (ints
+    included) is static."""
     return _is_number(value) or _is_scalar_tensor(value)
 
 
@@ -140,7 +142,12 @@ class GroupHyperparams:
 
 
 def _number(value: Any) -> Any:
-    return value.item() if isinstance(value, torch.Tensor) else value
+    if not isinstance(value, torch.Tensor):
+        return value
+    number = value.item()
+    # a zero tensor stays a tensor: factories leave out a stage only for a Python zero,
+    # and the eager transform must have the structure (and state) of the tensor-fed one
+    return value if number == 0 else number
 
 
 def _assign(target: torch.Tensor, value: Any) -> None:

@@ -39,6 +39,7 @@ class _TorchCompatible(FunctionalOptimizer):
     _state_keys: dict[str, tuple[str, ...]] = {}
     _step_keys: frozenset[str] = frozenset({"step"})
     _eager_state = False  # torch creates state at a param's first step (Adagrad: at construction)
+    _int_step = False  # torch keeps ``step`` as a Python int (SparseAdam) rather than a tensor
     _fixed_keys: dict[str, Any] = {}  # group keys torch's class always sets (AdamW's decoupled_weight_decay)
 
     def _setup(self, params: Iterable[Any], factory: Callable[..., fo.GradientTransformation],
@@ -59,7 +60,9 @@ class _TorchCompatible(FunctionalOptimizer):
         for key, names in self._state_keys.items():
             if names[0] in entry:
                 value = entry[names[0]]
-                out[key] = _torch_step(value) if key in self._step_keys else value
+                if key in self._step_keys:
+                    value = int(value) if self._int_step else _torch_step(value)
+                out[key] = value
         return out
 
     def _import_entry(self, entry: Entry) -> Entry:
@@ -387,3 +390,28 @@ class Rprop(_TorchCompatible):
         self._setup(params, fo.rprop, dict(
             lr=lr, etas=etas, step_sizes=step_sizes, capturable=capturable, foreach=foreach,
             maximize=maximize, differentiable=differentiable), compile)
+
+
+class SparseAdam(_TorchCompatible):
+    """``torch.optim.SparseAdam`` on the functional engine (``fo.sparse_adam``), with torch's
+    signature: sparse gradients (``nn.Embedding(sparse=True)``) update only the rows present.
+
+    Example:
+      >>> import torch
+      >>> from adapters import SparseAdam
+      >>> emb = torch.nn.Embedding(4, 2, sparse=True)
+      >>> opt = SparseAdam(emb.parameters(), lr=0.1)
+      >>> emb(torch.tensor([1])).sum().backward()
+      >>> before = emb.weight.detach().clone()
+      >>> opt.step()
+      >>> torch.equal(emb.weight[0], before[0]), torch.equal(emb.weight[1], before[1])
+      (True, False)
+    """
+
+    _state_keys = {"step": ("ScaleBySparseAdamState.count",), "exp_avg": ("ScaleBySparseAdamState.mu",),
+                   "exp_avg_sq": ("ScaleBySparseAdamState.nu",)}
+    _int_step = True
+
+    def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, maximize: bool = False):
+        self._setup(params, fo.sparse_adam, dict(lr=lr, betas=betas, eps=eps, maximize=maximize), False)
