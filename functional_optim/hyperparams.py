@@ -20,8 +20,16 @@ def is_schedule(value: Any) -> bool:
 
 
 def value_at(value: Any, count: torch.Tensor) -> Any:
-    """The hyperparameter's value at step ``count`` (schedules are called, others returned)."""
-    return value(count) if is_schedule(value) else value
+    """The hyperparameter's value at step ``count`` (schedules are called, others returned).
+
+    A schedule receives the count as a 0-d float tensor holding an integer (float64 where
+    the device has it), so its arithmetic (``0.1 * 0.9 ** count``) runs in double
+    precision, as torch's LR schedulers compute in Python floats; an int32 count would
+    make it float32.
+    """
+    if not is_schedule(value):
+        return value
+    return value(count.to(torch.float32 if count.device.type == "mps" else torch.float64))
 
 
 def concrete(value: Any) -> float | None:

@@ -10,7 +10,7 @@ import torch
 from .. import kernels as k
 from .. import steps
 from ..base import EmptyState, GradientTransformation, ScalarOrSchedule, mark_elementwise
-from ..hyperparams import check_range, is_schedule
+from ..hyperparams import check_range, is_schedule, value_at
 from ..tree import select
 
 
@@ -67,7 +67,7 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
             chosen = [i for i, flag in enumerate(flags) if flag]
         else:
             chosen = range(len(sel))
-        wd = weight_decay(state.count) if scheduled else weight_decay
+        wd = value_at(weight_decay, state.count)
         us, ps = sel.updates, sel["params"]
         decayed = k.add([us[i] for i in chosen], [ps[i] for i in chosen], wd, donate=donate)
         new = list(us)

@@ -9,7 +9,7 @@ import torch
 from .. import kernels as k
 from .. import steps
 from ..base import EmptyState, GradientTransformation, Schedule, ScalarOrSchedule, mark_elementwise
-from ..hyperparams import check_number, check_range, is_schedule
+from ..hyperparams import check_number, check_range, is_schedule, value_at
 from ..tree import select
 
 
@@ -50,7 +50,8 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
 
 
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
-    """Multiply updates by ``step_size_fn(count)``, ``count`` starting at 0 (a 0-d tensor).
+    """Multiply updates by ``step_size_fn(count)``, ``count`` starting at 0 (a 0-d float64
+    tensor holding an integer, see ``hyperparams.value_at``).
 
     Args:
       step_size_fn: a function of the 0-d int32 step count returning a number or 0-d tensor.
@@ -70,7 +71,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
-        factor = step_size_fn(state.count)
+        factor = value_at(step_size_fn, state.count)
         updates = _multiply(updates, factor, donate)
         return updates, ScaleByScheduleState(count=state.count + 1)
 
