@@ -54,9 +54,11 @@ class Selection:
         for name, tree in trees.items():
             other, spec = _flatten(tree)
             if spec != self.spec:
+                what = {"params": "params", "mask": "mask", "b": "the second tree"}.get(name, f"state ({name!r})")
                 raise ValueError(
-                    f"{name} does not match the structure of the updates: expected "
-                    f"{describe(self.spec)}, got {describe(spec)}")
+                    f"{what} does not match the structure of the updates: expected "
+                    f"{describe(self.spec)}, got {describe(spec)}; was the state made by "
+                    "init() on other params?")
             self._leaves[name] = other
         self.updates = [leaves[i] for i in self.index]
 

@@ -1,0 +1,132 @@
+"""Tree utilities, the kernel layer and apply_updates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import functional_optim as fo
+from functional_optim import kernels as k
+
+DT = torch.float64
+
+
+def test_tree_map_and_arithmetic_keep_none_leaves():
+    a = {"x": torch.tensor([1.0, 2.0], dtype=DT), "y": None, "z": [torch.tensor(3.0, dtype=DT)]}
+    b = {"x": torch.tensor([0.5, -1.0], dtype=DT), "y": torch.ones(1, dtype=DT), "z": [torch.tensor(1.0, dtype=DT)]}
+    assert fo.tree.map(lambda t: t * 2, a)["y"] is None
+    assert torch.equal(fo.tree.add(a, b)["x"], torch.tensor([1.5, 1.0], dtype=DT))
+    assert torch.equal(fo.tree.sub(a, b)["z"][0], torch.tensor(2.0, dtype=DT))
+    assert torch.equal(fo.tree.add_scale(a, 2.0, b)["x"], torch.tensor([2.0, 0.0], dtype=DT))
+    assert torch.equal(fo.tree.scale(a, torch.tensor(3.0, dtype=DT))["z"][0], torch.tensor(9.0, dtype=DT))
+    assert fo.tree.add(a, b)["y"] is None
+    assert fo.tree.vdot(a, b).item() == pytest.approx(0.5 - 2.0 + 3.0)
+
+
+def test_norms_and_casts():
+    tree = {"a": torch.tensor([3.0, -4.0], dtype=DT), "b": torch.tensor([[12.0]], dtype=DT), "c": None}
+    assert fo.tree.norm(tree).item() == pytest.approx(13.0)
+    assert fo.tree.global_norm(tree).item() == pytest.approx(13.0)
+    assert fo.tree.norm(tree, squared=True).item() == pytest.approx(169.0)
+    assert fo.tree.norm(tree, 1).item() == pytest.approx(19.0)
+    assert fo.tree.norm(tree, "inf").item() == pytest.approx(12.0)
+    with pytest.raises(ValueError, match="ord"):
+        fo.tree.norm(tree, 3)
+    z = fo.tree.zeros_like(tree, dtype=torch.float32)
+    assert z["a"].dtype == torch.float32 and z["c"] is None and z["b"].abs().sum() == 0
+    assert fo.tree.cast({"i": torch.ones(1, dtype=torch.int32), "f": torch.ones(1)}, DT)["i"].dtype == torch.int32
+    complex_tree = {"z": torch.tensor([3 + 4j], dtype=torch.complex128)}
+    assert fo.tree.norm(complex_tree).item() == pytest.approx(5.0)
+
+
+def test_get_and_set_by_name():
+    tx = fo.named_chain(("clip", fo.clip_by_global_norm(1.0)), ("adam", fo.adam(lr=0.1)))
+    params = {"w": torch.zeros(2, dtype=DT)}
+    _, state = tx.update({"w": torch.tensor([3.0, 4.0], dtype=DT)}, tx.init(params), params)
+    assert fo.tree.get(state, "global_norm").item() == pytest.approx(5.0)
+    assert fo.tree.get(state, "clip/global_norm").item() == pytest.approx(5.0)
+    assert int(fo.tree.get(state, "count")["w"]) == 1
+    with pytest.raises(KeyError, match="no node"):
+        fo.tree.get(state, "nothing")
+    assert fo.tree.get(state, "nothing", default=None) is None
+    paths = [p for p, _ in fo.tree.get_all_with_path(state, "mu")]
+    assert paths == ["adam/0/mu"]  # fo.adam is chain(scale_by_adam, scale_by_learning_rate)
+    new = fo.tree.set(state, "global_norm", torch.tensor(0.5, dtype=DT))
+    assert fo.tree.get(new, "global_norm").item() == 0.5
+    assert fo.tree.get(state, "global_norm").item() == pytest.approx(5.0)  # the input is unchanged
+    two = fo.chain(fo.trace(0.9), fo.ema(0.5))
+    with pytest.raises(KeyError, match="ambiguous"):
+        fo.tree.get(two.init(params), "count")
+
+
+def _lists():
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(3, generator=gen, dtype=DT), torch.randn(2, 2, generator=gen, dtype=DT)]
+    ys = [torch.randn(3, generator=gen, dtype=DT), torch.randn(2, 2, generator=gen, dtype=DT)]
+    zs = [torch.rand(3, generator=gen, dtype=DT) + 0.5, torch.rand(2, 2, generator=gen, dtype=DT) + 0.5]
+    return xs, ys, zs
+
+
+KERNELS = {
+    "add": (lambda xs, ys, zs, **kw: k.add(xs, ys, 0.5, **kw), lambda x, y, z: x + 0.5 * y),
+    "add_tensor_alpha": (lambda xs, ys, zs, **kw: k.add(xs, ys, torch.tensor(0.5, dtype=DT), **kw),
+                         lambda x, y, z: x + 0.5 * y),
+    "mul_scalar_list": (lambda xs, ys, zs, **kw: k.mul(xs, [torch.tensor(2.0, dtype=DT), 3.0], **kw), None),
+    "lerp": (lambda xs, ys, zs, **kw: k.lerp(xs, ys, 0.1, **kw), lambda x, y, z: x + 0.1 * (y - x)),
+    "addcmul": (lambda xs, ys, zs, **kw: k.addcmul(xs, ys, zs, 0.3, **kw), lambda x, y, z: x + 0.3 * y * z),
+    "addcmul_tensor": (lambda xs, ys, zs, **kw: k.addcmul(xs, ys, zs, torch.tensor(0.3, dtype=DT), **kw),
+                       lambda x, y, z: x + 0.3 * y * z),
+    "addcdiv": (lambda xs, ys, zs, **kw: k.addcdiv(xs, ys, zs, 0.3, **kw), lambda x, y, z: x + 0.3 * y / z),
+    "div": (lambda xs, ys, zs, **kw: k.div(xs, zs, **kw), lambda x, y, z: x / z),
+    "maximum": (lambda xs, ys, zs, **kw: k.maximum(xs, ys, **kw), lambda x, y, z: torch.maximum(x, y)),
+    "sqrt": (lambda xs, ys, zs, **kw: k.sqrt(zs, **kw), lambda x, y, z: z.sqrt()),
+    "clamp": (lambda xs, ys, zs, **kw: k.clamp(xs, -0.5, 0.5, **kw), lambda x, y, z: x.clamp(-0.5, 0.5)),
+    "sign": (lambda xs, ys, zs, **kw: k.sign(xs, **kw), lambda x, y, z: x.sign()),
+}
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["per_tensor", "foreach"])
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_kernel_pure_donate_and_reference(name, foreach):
+    run, reference = KERNELS[name]
+    fo.kernels.set_foreach(foreach)
+    try:
+        xs, ys, zs = _lists()
+        originals = [x.clone() for x in xs + ys + zs]
+        pure = run(xs, ys, zs)
+        assert all(torch.equal(a, b) for a, b in zip(xs + ys + zs, originals))  # pure: inputs untouched
+        if reference is not None:
+            for p, x, y, z in zip(pure, xs, ys, zs):
+                torch.testing.assert_close(p, reference(x, y, z), rtol=1e-14, atol=1e-15)
+        first = zs if name == "sqrt" else xs
+        pointers = [t.data_ptr() for t in first]
+        donated = run(xs, ys, zs, donate=True)
+        assert [t.data_ptr() for t in donated] == pointers  # written into the first list's buffers
+        for a, b in zip(donated, pure):
+            torch.testing.assert_close(a, b, rtol=1e-15, atol=0)
+    finally:
+        fo.kernels.set_foreach(None)
+
+
+def test_out_argument_and_complex_per_component():
+    xs, ys, _ = _lists()
+    out = [torch.empty_like(x) for x in xs]
+    result = k.add(xs, ys, out=out)
+    assert result[0] is out[0] and torch.equal(out[1], xs[1] + ys[1])
+    z = [torch.tensor([-4 + 9j, 1 - 1j], dtype=torch.complex128)]
+    assert torch.equal(k.sqrt([torch.tensor([4 + 9j], dtype=torch.complex128)])[0],
+                       torch.tensor([2 + 3j], dtype=torch.complex128))
+    assert torch.equal(k.sign(z)[0], torch.tensor([-1 + 1j, 1 - 1j], dtype=torch.complex128))
+    assert k.global_norm(z).item() == pytest.approx((16 + 81 + 2) ** 0.5)
+
+
+def test_apply_updates_pure_and_in_place():
+    params = {"w": torch.ones(2, dtype=torch.bfloat16), "b": torch.ones(1)}
+    updates = {"w": torch.full((2,), 0.5), "b": None}
+    new = fo.apply_updates(params, updates)
+    assert new["w"].dtype == torch.bfloat16 and torch.equal(new["w"], torch.full((2,), 1.5, dtype=torch.bfloat16))
+    assert new["b"] is params["b"] and torch.equal(params["w"], torch.ones(2, dtype=torch.bfloat16))
+    ptr = params["w"].data_ptr()
+    fo.apply_updates_(params, updates)
+    assert params["w"].data_ptr() == ptr and torch.equal(params["w"], new["w"])
+    assert torch.equal(params["b"], torch.ones(1))
