@@ -98,11 +98,22 @@ class FlatLayout:
                 present.append(True)
         return present
 
-    def zero_grads(self) -> None:
-        """Zero the grad buffers in place, keeping the views, and forget who received one."""
+    def zero_grads(self, params: list[torch.Tensor], set_to_none: bool = True) -> None:
+        """Zero the grad buffers in place and point every present grad at its view.
+
+        With ``set_to_none`` the params then count as having no gradient until a backward
+        reaches them (torch: ``p.grad is None``); without it, a param that had a gradient
+        keeps a zero one, which the next step applies (as torch does).
+        """
         for bucket in self.buckets:
             bucket.grads.zero_()
-        self.received = [False] * self.num_params
+        for i, p in enumerate(params):
+            b, j = self.bucket_of[i]
+            if p.grad is not None and p.grad is not self.buckets[b].grad_views[j]:
+                p.grad = self.buckets[b].grad_views[j]  # a grad not yet gathered: drop it
+                self.received[i] = True
+            if set_to_none:
+                self.received[i] = False
 
     # -- state conversion between the flat form and the per-param form --------------
 
