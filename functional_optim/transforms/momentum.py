@@ -66,6 +66,16 @@ def trace(decay: float | torch.Tensor, nesterov: bool = False, *, dampening: flo
             weight = 1  # the buffer starts at zero, so its first update is exactly g
         else:  # 1 on a leaf's first update, 1 - dampening afterwards
             weight = steps.per_leaf(lambda t: 1 - dampening * (t != 0).to(t.dtype), counts, g)
+        same_dtype = all(a is b for a, b in zip(g, sel.updates))  # no accumulator_dtype cast
+        if donate and undamped and not nesterov and same_dtype:
+            # g + decay * buf written into the donated g, then kept as the new buffer:
+            # two passes over memory instead of three (the buffer starts at zero, so a
+            # leaf's first update is exactly g)
+            out = k.add(sel.updates, sel["trace"], decay, donate=True)
+            buf = k.copy(sel["trace"], out)
+            return sel.rebuild(out), TraceState(
+                trace=sel.rebuild(buf, "trace"),
+                count=sel.rebuild(steps.increment(counts, donate=True), "count"))
         buf = k.mul(sel["trace"], decay, donate=donate)
         buf = k.add(buf, g, weight, donate=True)  # buf is ours: the state's (donated) or fresh
         if nesterov:
