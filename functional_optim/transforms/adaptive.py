@@ -18,7 +18,7 @@ class ScaleByAdamState(NamedTuple):
 
     count: Any  # tree of 0-d int32: updates each leaf has received (torch's per-param `step`)
     mu: Any  # tree like params (mu_dtype or the param dtype): first moment
-    nu: Any  # tree like params: second moment
+    nu: Any  # tree like params (nu_dtype or the param dtype): second moment
     nu_max: Any  # tree like params: running max of nu with amsgrad, else None
 
 
@@ -41,7 +41,8 @@ def _is_zero(value: Any) -> bool:
 
 def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.999,
                   eps: float | torch.Tensor = 1e-8, eps_root: float | torch.Tensor = 0.0,
-                  mu_dtype: torch.dtype | None = None, *, nesterov: bool = False,
+                  mu_dtype: torch.dtype | None = None, *, nu_dtype: torch.dtype | None = None,
+                  nesterov: bool = False,
                   amsgrad: bool = False) -> GradientTransformation:
     """Scale updates by Adam's bias-corrected moments, with torch.optim.Adam's numerics.
 
@@ -57,6 +58,9 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
       eps: added to the denominator outside the square root, >= 0. Default 1e-8.
       eps_root: added inside the square root (to the bias-corrected nu), >= 0. Default 0.
       mu_dtype: dtype of the first moment (default: the param's dtype).
+      nu_dtype: dtype of the second moment(s) (default: the param's dtype). With bf16 params,
+        ``mu_dtype=nu_dtype=torch.float32`` keeps the moments and the whole update
+        (eps included) in float32; the update is cast back when applied.
       nesterov: Nesterov-accelerated first moment (optax's NAdam form). Default False.
       amsgrad: torch's AMSGrad: divide by the running maximum of ``nu``. Default False.
 
@@ -74,7 +78,7 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
     def init_fn(params):
         return ScaleByAdamState(
             count=steps.leaf_counts(params), mu=zeros_like(params, mu_dtype),
-            nu=zeros_like(params), nu_max=zeros_like(params) if amsgrad else None)
+            nu=zeros_like(params, nu_dtype), nu_max=zeros_like(params, nu_dtype) if amsgrad else None)
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
@@ -104,7 +108,9 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         if nesterov:  # before g's memory is reused below
             numer = k.add(k.mul(mu, nest_mu), g, nest_g, donate=True)
 
-        scratch = g if donate else None  # a donated g is no longer needed: reuse its memory
+        # a donated g is no longer needed: reuse its memory (if the result has its dtype)
+        scratch = g if donate and all(x.dtype == v.dtype == m.dtype
+                                      for x, v, m in zip(g, second, numer)) else None
         if not _is_zero(eps_root):
             second = k.add(second, [eps_root * b for b in bc2])
         denom = k.sqrt(second, out=scratch)
