@@ -38,6 +38,7 @@ __all__ = [
     "select_by_sign", "scalars_for",
     "gather_sparse", "scatter_sparse", "sparse_like",
     "norms", "global_norm", "vdot",
+    "masked_fill", "mul_real", "means", "unit_norms",
 ]
 
 _FOREACH_POLICY: bool | None = None  # None: automatic (see use_foreach)
@@ -136,6 +137,7 @@ def _map(op: str, xs: Sequence[Tensor], *args: Any, donate: bool = False,
         out = xs
     real_xs = [_real(x) for x in xs]
     real_args = [[_real(a) for a in arg] if _is_list(arg) else _real(arg) for arg in args]
+    real_args, want = _python_scalar_semantics(real_xs, real_args)
     if use_foreach(real_xs):
         fargs = [_foreach_arg(a, n) for a in real_args]
         if out is xs:
@@ -156,7 +158,60 @@ def _map(op: str, xs: Sequence[Tensor], *args: Any, donate: bool = False,
                 fn(x, *[_nth(a, i) for a in real_args], **kwargs, out=_real(o))
             return list(out)
         results = [fn(x, *[_nth(a, i) for a in real_args], **kwargs) for i, x in enumerate(real_xs)]
+    if want is not None:
+        results = [r if w is None or r.dtype == w else r.to(w) for r, w in zip(results, want)]
     return [torch.view_as_complex(r) if x.is_complex() else r for r, x in zip(results, xs)]
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    # the dtype torch computes a tensor of ``dtype`` in with a Python scalar (float32 for
+    # bfloat16 and float16)
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else dtype
+
+
+def _is_scalar_tensor(arg: Any) -> bool:
+    return isinstance(arg, Tensor) and arg.dim() == 0 and arg.is_floating_point()
+
+
+def _python_scalar_semantics(xs: Sequence[Tensor], args: list) -> tuple[list, list | None]:
+    # A single 0-d tensor scalar acts on a 0-d tensor as a Python number does: two 0-d
+    # operands would promote (a float32 0-d leaf times a float64 lr gives float64), so the
+    # scalar is cast to the leaf's op-math dtype and the result gets the dtype it has
+    # with a Python number. Returns the args and the wanted result dtypes (None: as is).
+    if not any(x.dim() == 0 and x.is_floating_point() for x in xs) \
+            or not any(_is_scalar_tensor(a) for a in args):
+        return args, None
+    want: list = []
+    for i, x in enumerate(xs):
+        dtype = None
+        if x.dim() == 0 and x.is_floating_point():
+            dtype = x.dtype
+            for a in args:
+                if _is_list(a) and isinstance(a[i], Tensor):
+                    dtype = torch.promote_types(dtype, a[i].dtype)
+        want.append(dtype)
+    new_args = []
+    for a in args:
+        if _is_scalar_tensor(a):
+            a = [a if w is None or a.dtype == _opmath(w) else a.to(_opmath(w)) for w in want]
+        new_args.append(a)
+    return new_args, want
+
+
+def _all_tensors(scalar: Any) -> bool:
+    # a 0-d tensor scalar, or a list of them (one per tensor)
+    return isinstance(scalar, Tensor) or (_is_list(scalar) and all(isinstance(v, Tensor) for v in scalar))
+
+
+def _result_dtypes(*lists: Sequence[Tensor]) -> list[torch.dtype]:
+    # the dtype of an elementwise op over aligned tensors (type promotion among them)
+    out = []
+    for ts in zip(*lists):
+        dtype = ts[0].dtype
+        for t in ts[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+        out.append(dtype)
+    return out
 
 
 def _is_number(s: Any) -> bool:
@@ -174,6 +229,10 @@ def add(xs: Sequence[Tensor], other: Any, alpha: Scalar = 1, *, donate: bool = F
         return _map("add", xs, other, donate=donate, out=out)
     if _is_number(alpha) and _is_list(other):
         return _map("add", xs, other, alpha=alpha, donate=donate, out=out)
+    if _is_list(other) and _all_tensors(alpha):
+        # addcmul(x, other, alpha) rounds once, as add(x, other, alpha=<number>) does (a
+        # fused multiply-add), so a 0-d tensor alpha gives the bits of the same Python number
+        return _map("addcmul", xs, other, alpha, donate=donate, out=out)
     if _is_list(other):
         return _map("add", xs, mul(other, alpha), donate=donate, out=out)
     scaled = [other * a for a in alpha] if _is_list(alpha) else other * alpha
@@ -201,6 +260,12 @@ def div(xs: Sequence[Tensor], other: Any, *, donate: bool = False,
 def lerp(xs: Sequence[Tensor], ends: Sequence[Tensor], weight: Scalar, *, donate: bool = False,
         out: Sequence[Tensor] | None = None) -> TensorList:
     """``x + weight * (end - x)`` with torch's ``lerp`` rounding (matches torch.optim's moments)."""
+    if _all_tensors(weight) and any(x.dtype in _REDUCED for x in xs):
+        # torch rounds a tensor weight to bfloat16/float16 tensors' dtype (0.1 would become
+        # 0.10009765625): computed in float32, as torch does with a Python weight, then rounded
+        results = _map("lerp", cast(xs, [_opmath(x.dtype) for x in xs]),
+                       cast(ends, [_opmath(e.dtype) for e in ends]), weight)
+        return _write(results, xs, _result_dtypes(xs, ends), donate, out)
     return _map("lerp", xs, ends, weight, donate=donate, out=out)
 
 
@@ -209,7 +274,7 @@ def addcmul(xs: Sequence[Tensor], a: Sequence[Tensor], b: Sequence[Tensor], valu
     """``x + value * a * b``."""
     if _is_number(value):
         return _map("addcmul", xs, a, b, value=value, donate=donate, out=out)
-    return _map("add", xs, mul(_map("mul", a, b), value), donate=donate, out=out)
+    return _fused_with_tensor_value("addcmul", xs, a, b, value, donate, out)
 
 
 def addcdiv(xs: Sequence[Tensor], a: Sequence[Tensor], b: Sequence[Tensor], value: Scalar = 1, *,
@@ -217,7 +282,33 @@ def addcdiv(xs: Sequence[Tensor], a: Sequence[Tensor], b: Sequence[Tensor], valu
     """``x + value * a / b``."""
     if _is_number(value):
         return _map("addcdiv", xs, a, b, value=value, donate=donate, out=out)
-    return _map("add", xs, mul(_map("div", a, b), value), donate=donate, out=out)
+    return _fused_with_tensor_value("addcdiv", xs, a, b, value, donate, out)
+
+
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+def _write(results: TensorList, xs: Sequence[Tensor], dtypes: list[torch.dtype], donate: bool,
+           out: Sequence[Tensor] | None) -> TensorList:
+    # results computed in a wider dtype, written into the donated xs or ``out``, or cast
+    if donate:
+        return copy(xs, results)
+    if out is not None:
+        return copy(out, results)
+    return cast(results, dtypes)
+
+
+def _fused_with_tensor_value(op: str, xs: Sequence[Tensor], a: Sequence[Tensor], b: Sequence[Tensor],
+                             value: Any, donate: bool, out: Sequence[Tensor] | None) -> TensorList:
+    # torch's addcmul/addcdiv take ``value`` as a number only. ``value * a`` is formed first
+    # (in float32 for bfloat16/float16 ``a``, as the fused kernel computes) and the fused op
+    # runs with value 1: ``x + (value * a) * b`` rounds exactly as the fused op with the same
+    # Python number does (one multiply-add), so a 0-d tensor value gives the same bits.
+    scaled = mul(cast(a, [_opmath(t.dtype) for t in a]), value)
+    results = _map(op, xs, scaled, b, donate=donate, out=out)
+    if donate or out is not None:
+        return results
+    return cast(results, _result_dtypes(xs, a, b))
 
 
 def maximum(xs: Sequence[Tensor], others: Sequence[Tensor], *, donate: bool = False,
@@ -282,8 +373,55 @@ def cast(xs: Sequence[Tensor], dtypes: torch.dtype | Sequence[torch.dtype | None
     return [x if d is None or x.dtype == d else x.to(d) for x, d in zip(xs, _per_tensor(dtypes, len(xs)))]
 
 
+def upcast(xs: Sequence[Tensor], *dtypes: torch.dtype | None) -> TensorList:
+    """Each ``x`` promoted to at least every given dtype (None entries ignored); a tensor
+    already wide enough is returned as is, so a donated input stays donated."""
+    wanted = [d for d in dtypes if d is not None]
+    if not wanted:
+        return list(xs)
+    targets = []
+    for x in xs:
+        dtype = x.dtype
+        for d in wanted:
+            dtype = torch.promote_types(dtype, d)
+        targets.append(dtype)
+    return cast(xs, targets)
+
+
 def _per_tensor(value: Any, n: int) -> list:
     return list(value) if _is_list(value) else [value] * n
+
+
+def masked_fill(xs: Sequence[Tensor], masks: Sequence[Tensor], value: Scalar, *, donate: bool = False,
+                out: Sequence[Tensor] | None = None) -> TensorList:
+    """``value`` where ``mask`` is true, else ``x``; a mask has its tensor's shape and, for a
+    complex ``x``, covers the whole element (both components), as ``jnp.where`` does."""
+    results = []
+    for i, (x, m) in enumerate(zip(xs, masks)):
+        v = _nth(value, i)
+        if donate:
+            results.append(x.masked_fill_(m, v))
+        elif out is not None:
+            results.append(out[i].copy_(x.masked_fill(m, v)))
+        else:
+            results.append(x.masked_fill(m, v))
+    return results
+
+
+def mul_real(xs: Sequence[Tensor], factors: Sequence[Tensor], *, donate: bool = False,
+             out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x * f`` with ``f`` a real tensor broadcastable to ``x`` (per-unit factors such as
+    ``keepdim`` norms); a complex ``x`` has both components scaled. ``f`` should have the
+    (real) dtype of ``x``, else the result is promoted."""
+    results = []
+    for i, (x, f) in enumerate(zip(xs, factors)):
+        if donate:
+            results.append(x.mul_(f))
+        elif out is not None:
+            results.append(torch.mul(x, f, out=out[i]))
+        else:
+            results.append(torch.mul(x, f))
+    return results
 
 
 def absolute(xs: Sequence[Tensor], *, donate: bool = False,
@@ -382,6 +520,40 @@ def norms(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> TensorList:
     if use_foreach(real):
         return list(torch._foreach_norm(real, 2, dtype=dtype))
     return [torch.linalg.vector_norm(x, dtype=dtype) for x in real]
+
+
+def _dims_for(dims: Any, i: int) -> tuple[int, ...] | None:
+    d = dims[i] if isinstance(dims, list) else dims
+    return None if d is None else ((d,) if isinstance(d, int) else tuple(d))
+
+
+def unit_norms(xs: Sequence[Tensor], dims: Any, dtype: torch.dtype | None = None) -> TensorList:
+    """The 2-norm of each tensor over ``dims`` with ``keepdim`` (complex: ``sqrt(sum |z|^2)``).
+
+    ``dims`` is one int/tuple for every tensor, or a list with one per tensor; None or an
+    empty tuple reduces over every dimension. ``dtype``: the accumulation and result dtype
+    (default: the tensor's real dtype, at least float32).
+    """
+    results = []
+    for i, x in enumerate(xs):
+        d = _dims_for(dims, i)
+        acc = dtype or torch.promote_types(x.real.dtype if x.is_complex() else x.dtype, torch.float32)
+        d = tuple(a % x.dim() for a in d) if d and x.dim() else tuple(range(x.dim()))
+        if x.is_complex():  # the component axis joins the reduction
+            n = torch.linalg.vector_norm(torch.view_as_real(x), dim=d + (-1,), keepdim=True, dtype=acc)
+            results.append(n.squeeze(-1))
+        else:
+            results.append(torch.linalg.vector_norm(x, dim=d or None, keepdim=True, dtype=acc))
+    return results
+
+
+def means(xs: Sequence[Tensor], dims: Any) -> TensorList:
+    """The mean of each tensor over ``dims`` with ``keepdim`` (``dims`` as in :func:`unit_norms`)."""
+    results = []
+    for i, x in enumerate(xs):
+        d = _dims_for(dims, i)
+        results.append(x.mean(dim=d or None, keepdim=True))
+    return results
 
 
 def global_norm(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor | None:

@@ -57,3 +57,44 @@ def test_moment_dtypes_are_kept_and_updates_cast_back():
     assert fo.tree.get(s, "nu_max")["w"].dtype == torch.float32
     assert fo.apply_updates(params, u)["w"].dtype == torch.bfloat16
     assert opt.init(params)[0].nu["w"].dtype == torch.bfloat16  # default: the param dtype
+
+
+# Each adaptive transform with float32 state on bf16 updates computes exactly what it computes
+# on the same updates upcast to float32 (the whole update in float32, eps included).
+FP32_STATE = {
+    "adam": lambda: fo.scale_by_adam(mu_dtype=torch.float32, nu_dtype=torch.float32),
+    "adam_amsgrad_nesterov": lambda: fo.scale_by_adam(mu_dtype=torch.float32, nu_dtype=torch.float32,
+                                                      amsgrad=True, nesterov=True),
+    "nadam": lambda: fo.scale_by_nadam(mu_dtype=torch.float32, nu_dtype=torch.float32),
+    "radam": lambda: fo.scale_by_radam(mu_dtype=torch.float32, nu_dtype=torch.float32),
+    "rms_centered": lambda: fo.scale_by_rms(centered=True, eps_in_sqrt=False, state_dtype=torch.float32),
+    "stddev": lambda: fo.scale_by_stddev(state_dtype=torch.float32),
+    "rss": lambda: fo.scale_by_rss(state_dtype=torch.float32),
+    "adadelta": lambda: fo.scale_by_adadelta(state_dtype=torch.float32),
+    "adamax": lambda: fo.scale_by_adamax(state_dtype=torch.float32),
+}
+PLAIN = {
+    "adam": lambda: fo.scale_by_adam(), "adam_amsgrad_nesterov": lambda: fo.scale_by_adam(amsgrad=True, nesterov=True),
+    "nadam": lambda: fo.scale_by_nadam(), "radam": lambda: fo.scale_by_radam(),
+    "rms_centered": lambda: fo.scale_by_rms(centered=True, eps_in_sqrt=False), "stddev": lambda: fo.scale_by_stddev(),
+    "rss": lambda: fo.scale_by_rss(), "adadelta": lambda: fo.scale_by_adadelta(), "adamax": lambda: fo.scale_by_adamax(),
+}
+
+
+@pytest.mark.parametrize("donate", [False, True])
+@pytest.mark.parametrize("name", sorted(FP32_STATE))
+def test_float32_state_on_bf16_equals_float32_run(name, donate):
+    gen = torch.Generator().manual_seed(1)
+    params = {"a": torch.randn(5, 3, generator=gen).bfloat16(), "b": torch.randn(4, generator=gen).bfloat16()}
+    mixed, plain = FP32_STATE[name](), PLAIN[name]()
+    s_mixed = mixed.init(params)
+    s_plain = plain.init(optree.tree_map(lambda t: t.float(), params))
+    for leaf in optree.tree_leaves(s_mixed):
+        assert leaf.dtype in (torch.float32, torch.int32), (name, leaf.dtype)
+    for _ in range(8):
+        grads = {key: torch.randn(p.shape, generator=gen).bfloat16() for key, p in params.items()}
+        expected, s_plain = plain.update(optree.tree_map(lambda t: t.float(), grads), s_plain)
+        got, s_mixed = mixed.update({key: g.clone() for key, g in grads.items()}, s_mixed, donate=donate)
+        for key in params:  # the update itself, before any cast back to bf16
+            assert torch.equal(got[key].float(), expected[key]), (name, key)
+            assert got[key].dtype == torch.float32, (name, got[key].dtype)

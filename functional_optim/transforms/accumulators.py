@@ -43,7 +43,8 @@ def _is_static_zero(value: Any) -> bool:
 
 
 def scale_by_rss(initial_accumulator_value: float | torch.Tensor = 0.1, eps: float | torch.Tensor = 1e-7,
-                 *, eps_in_sqrt: bool = True, lr_decay: float | torch.Tensor = 0.0) -> GradientTransformation:
+                 *, eps_in_sqrt: bool = True, lr_decay: float | torch.Tensor = 0.0,
+                 state_dtype: torch.dtype | None = None) -> GradientTransformation:
     """Divide updates by the root of the sum of all their squares so far (Adagrad).
 
     ``sum = sum + g**2`` (started at ``initial_accumulator_value``); the update is
@@ -59,6 +60,9 @@ def scale_by_rss(initial_accumulator_value: float | torch.Tensor = 0.1, eps: flo
       eps: stabilising term, >= 0. Default 1e-7 (optax's).
       eps_in_sqrt: put ``eps`` inside the square root. Default True.
       lr_decay: torch's learning-rate decay per update of the leaf, >= 0. Default 0.
+      state_dtype: dtype of the accumulators (default: the param's dtype). With bf16 params,
+        ``torch.float32`` keeps the accumulators and the whole update (eps included) in
+        float32; the update is cast back to the param dtype when applied.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -75,7 +79,7 @@ def scale_by_rss(initial_accumulator_value: float | torch.Tensor = 0.1, eps: flo
 
     def init_fn(params):
         sel = select(params)
-        sums = k.zeros_like(sel.updates)
+        sums = k.zeros_like(sel.updates, state_dtype)
         if not _is_static_zero(initial_accumulator_value):  # per component, as torch's complex(v, v)
             sums = k.add(sums, initial_accumulator_value, donate=True)
         return ScaleByRssState(count=steps.leaf_counts(params), sum_of_squares=sel.rebuild(sums))
@@ -83,7 +87,7 @@ def scale_by_rss(initial_accumulator_value: float | torch.Tensor = 0.1, eps: flo
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, sum_of_squares=state.sum_of_squares)
-        g = sel.updates
+        g = k.upcast(sel.updates, state_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         sums = k.addcmul(sel["sum_of_squares"], g, g, 1, donate=donate)
         if eps_in_sqrt:
@@ -101,8 +105,8 @@ def scale_by_rss(initial_accumulator_value: float | torch.Tensor = 0.1, eps: flo
     return mark_elementwise(GradientTransformation(init_fn, update_fn))
 
 
-def scale_by_adadelta(rho: float | torch.Tensor = 0.9,
-                      eps: float | torch.Tensor = 1e-6) -> GradientTransformation:
+def scale_by_adadelta(rho: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 1e-6, *,
+                      state_dtype: torch.dtype | None = None) -> GradientTransformation:
     """Scale updates by the Adadelta rule (torch.optim.Adadelta's numerics, optax's defaults).
 
     ``e_g = rho * e_g + (1 - rho) * g**2``;
@@ -113,6 +117,9 @@ def scale_by_adadelta(rho: float | torch.Tensor = 0.9,
     Args:
       rho: decay of both moving averages, in [0, 1]. Default 0.9.
       eps: added inside both square roots, >= 0. Default 1e-6.
+      state_dtype: dtype of the accumulators (default: the param's dtype). With bf16 params,
+        ``torch.float32`` keeps the accumulators and the whole update (eps included) in
+        float32; the update is cast back to the param dtype when applied.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -124,13 +131,13 @@ def scale_by_adadelta(rho: float | torch.Tensor = 0.9,
     check_range("eps", eps, 0.0)
 
     def init_fn(params):
-        return ScaleByAdaDeltaState(count=steps.leaf_counts(params), e_g=zeros_like(params),
-                                    e_x=zeros_like(params))
+        return ScaleByAdaDeltaState(count=steps.leaf_counts(params), e_g=zeros_like(params, state_dtype),
+                                    e_x=zeros_like(params, state_dtype))
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, e_g=state.e_g, e_x=state.e_x)
-        g = sel.updates
+        g = k.upcast(sel.updates, state_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         e_g = k.mul(sel["e_g"], rho, donate=donate)
         e_g = k.addcmul(e_g, g, g, 1 - rho, donate=True)  # e_g is ours: donated state or fresh
@@ -149,7 +156,8 @@ def scale_by_adadelta(rho: float | torch.Tensor = 0.9,
 
 
 def scale_by_adamax(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.999,
-                    eps: float | torch.Tensor = 1e-8) -> GradientTransformation:
+                    eps: float | torch.Tensor = 1e-8, *,
+                    state_dtype: torch.dtype | None = None) -> GradientTransformation:
     """Scale updates by the Adamax rule (Adam with an infinity norm), torch.optim.Adamax's numerics.
 
     ``mu = lerp(mu, g, 1 - b1)``; ``nu = max(b2 * nu, |g| + eps)`` (eps inside the max);
@@ -161,6 +169,9 @@ def scale_by_adamax(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0
       b1: decay of the first moment, in [0, 1). Default 0.9.
       b2: decay of the infinity norm, in [0, 1). Default 0.999.
       eps: added to ``|g|`` inside the max, >= 0. Default 1e-8.
+      state_dtype: dtype of the accumulators (default: the param's dtype). With bf16 params,
+        ``torch.float32`` keeps the accumulators and the whole update (eps included) in
+        float32; the update is cast back to the param dtype when applied.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -173,13 +184,13 @@ def scale_by_adamax(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0
     check_range("eps", eps, 0.0)
 
     def init_fn(params):
-        return ScaleByAdamaxState(count=steps.leaf_counts(params), mu=zeros_like(params),
-                                  nu=zeros_like(params))
+        return ScaleByAdamaxState(count=steps.leaf_counts(params), mu=zeros_like(params, state_dtype),
+                                  nu=zeros_like(params, state_dtype))
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, mu=state.mu, nu=state.nu)
-        g = sel.updates
+        g = k.upcast(sel.updates, state_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         bc1 = steps.per_leaf(lambda t: 1 - b1 ** t, counts, g)
         mu = k.lerp(sel["mu"], g, 1 - b1, donate=donate)

@@ -31,7 +31,8 @@ def _is_zero(value: Any) -> bool:
 
 def scale_by_nadam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.999,
                    eps: float | torch.Tensor = 1e-8, momentum_decay: float | torch.Tensor = 4e-3,
-                   mu_dtype: torch.dtype | None = None) -> GradientTransformation:
+                   mu_dtype: torch.dtype | None = None, *,
+                   nu_dtype: torch.dtype | None = None) -> GradientTransformation:
     """Scale updates by NAdam's moments with a momentum schedule, as ``torch.optim.NAdam``.
 
     With ``t`` the leaf's own update count and ``psi = momentum_decay``::
@@ -52,6 +53,8 @@ def scale_by_nadam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.
       eps: added to the denominator outside the square root, >= 0. Default 1e-8.
       momentum_decay: ``psi`` of the momentum schedule, >= 0. Default 4e-3.
       mu_dtype: dtype of the first moment (default: the param's dtype).
+      nu_dtype: dtype of the second moment (default: the param's dtype); with bf16 params,
+        ``mu_dtype=nu_dtype=torch.float32`` computes the whole update in float32.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -70,12 +73,12 @@ def scale_by_nadam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.
         return ScaleByNadamState(
             count=steps.leaf_counts(params),
             mu_product=tree_map(lambda p: torch.ones((), dtype=dtype, device=p.device), params),
-            mu=zeros_like(params, mu_dtype), nu=zeros_like(params))
+            mu=zeros_like(params, mu_dtype), nu=zeros_like(params, nu_dtype))
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, mu_product=state.mu_product, mu=state.mu, nu=state.nu)
-        g = sel.updates
+        g = k.upcast(sel.updates, mu_dtype, nu_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         products = sel["mu_product"]
         product_dtype = products[0].dtype if products else torch.float32
@@ -112,7 +115,8 @@ def scale_by_nadam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.
 def scale_by_radam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.999,
                    eps: float | torch.Tensor = 1e-8, eps_root: float | torch.Tensor = 0.0,
                    threshold: float | torch.Tensor = 5.0, *, nesterov: bool = False,
-                   mu_dtype: torch.dtype | None = None) -> GradientTransformation:
+                   mu_dtype: torch.dtype | None = None,
+                   nu_dtype: torch.dtype | None = None) -> GradientTransformation:
     """Rectified Adam with ``torch.optim.RAdam``'s numerics (optax's name and arguments).
 
     With ``t`` the leaf's own update count, ``bc_i = 1 - b_i**t``,
@@ -138,6 +142,8 @@ def scale_by_radam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.
       nesterov: optax's Nesterov first moment ``b1 m / (1 - b1**(t+1)) + (1 - b1) g / bc1``
         in place of ``m / bc1``. Default False.
       mu_dtype: dtype of the first moment (default: the param's dtype).
+      nu_dtype: dtype of the second moment (default: the param's dtype); with bf16 params,
+        ``mu_dtype=nu_dtype=torch.float32`` computes the whole update in float32.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -155,12 +161,12 @@ def scale_by_radam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.
 
     def init_fn(params):
         return ScaleByAdamState(count=steps.leaf_counts(params), mu=zeros_like(params, mu_dtype),
-                                nu=zeros_like(params), nu_max=None)
+                                nu=zeros_like(params, nu_dtype), nu_max=None)
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, mu=state.mu, nu=state.nu)
-        g = sel.updates
+        g = k.upcast(sel.updates, mu_dtype, nu_dtype)
         counts = steps.increment(sel["count"], donate=donate)
 
         def scalars(t):

@@ -86,7 +86,7 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         if amsgrad:
             trees["nu_max"] = state.nu_max
         sel = select(updates, **trees)
-        g = sel.updates
+        g = k.upcast(sel.updates, mu_dtype, nu_dtype)  # moments wider than g: compute in their dtype
         counts = steps.increment(sel["count"], donate=donate)
         # per-step scalars, once per leaf: 1 - b1**t, sqrt(1 - b2**t), 1 - b2**t and
         # Nesterov's coefficients b1 / (1 - b1**(t+1)) and (1 - b1) / (1 - b1**t)
@@ -129,7 +129,8 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
 
 def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 1e-8,
                  initial_scale: float = 0.0, eps_in_sqrt: bool = True,
-                 bias_correction: bool = False, *, centered: bool = False) -> GradientTransformation:
+                 bias_correction: bool = False, *, centered: bool = False,
+                 state_dtype: torch.dtype | None = None) -> GradientTransformation:
     """Divide updates by the root of a moving average of their squares (RMSProp).
 
     ``nu = decay * nu + (1 - decay) * g**2``; the update is ``g / sqrt(nu + eps)``
@@ -145,6 +146,9 @@ def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 
       eps_in_sqrt: put ``eps`` inside the square root. Default True.
       bias_correction: divide ``nu`` (and ``mu``) by ``1 - decay**t``. Default False.
       centered: divide by the root of the centered second moment. Default False.
+      state_dtype: dtype of the accumulators (default: the param's dtype). With bf16 params,
+        ``torch.float32`` keeps the accumulators and the whole update (eps included) in
+        float32; the update is cast back to the param dtype when applied.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -159,8 +163,9 @@ def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 
         raise TypeError(f"centered must be a bool, got {type(centered).__name__}")
 
     def init_fn(params):
-        return ScaleByRmsState(count=steps.leaf_counts(params), nu=full_like(params, initial_scale),
-                               mu=zeros_like(params) if centered else None)
+        return ScaleByRmsState(count=steps.leaf_counts(params),
+                               nu=full_like(params, initial_scale, state_dtype),
+                               mu=zeros_like(params, state_dtype) if centered else None)
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
@@ -168,7 +173,7 @@ def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 
         if centered:
             trees["mu"] = state.mu
         sel = select(updates, **trees)
-        g = sel.updates
+        g = k.upcast(sel.updates, state_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         nu = k.mul(sel["nu"], decay, donate=donate)
         nu = k.addcmul(nu, g, g, 1 - decay, donate=True)
@@ -195,7 +200,8 @@ def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 
 
 def scale_by_stddev(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 1e-8,
                     initial_scale: float = 0.0, eps_in_sqrt: bool = True,
-                    bias_correction: bool = False) -> GradientTransformation:
+                    bias_correction: bool = False, *,
+                    state_dtype: torch.dtype | None = None) -> GradientTransformation:
     """Divide updates by the root of the centered moving average of their squares.
 
     optax's name for :func:`scale_by_rms` with ``centered=True`` (torch's centered RMSprop):
@@ -209,6 +215,9 @@ def scale_by_stddev(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor
       initial_scale: initial value of ``nu``. Default 0.
       eps_in_sqrt: put ``eps`` inside the square root. Default True.
       bias_correction: divide ``mu`` and ``nu`` by ``1 - decay**t``. Default False.
+      state_dtype: dtype of the accumulators (default: the param's dtype). With bf16 params,
+        ``torch.float32`` keeps the accumulators and the whole update (eps included) in
+        float32; the update is cast back to the param dtype when applied.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -216,4 +225,5 @@ def scale_by_stddev(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor
       >>> tx.update(torch.tensor([2.0, -4.0]), tx.init(torch.zeros(2)))[0]
       tensor([ 2., -2.])
     """
-    return scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered=True)
+    return scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered=True,
+                        state_dtype=state_dtype)
