@@ -36,7 +36,7 @@ __all__ = [
     "add", "sub", "mul", "div", "lerp", "addcmul", "addcdiv", "maximum",
     "sqrt", "sign", "neg", "absolute", "clamp", "copy", "zeros_like", "cast", "where",
     "select_by_sign", "scalars_for",
-    "gather_sparse", "scatter_sparse", "sparse_like",
+    "gather_sparse", "scatter_sparse", "sparse_like", "rows_to_dense", "row_masks",
     "norms", "global_norm", "vdot",
     "masked_fill", "mul_real", "means", "unit_norms",
 ]
@@ -502,6 +502,29 @@ def sparse_like(masks: Sequence[Tensor], values: Sequence[Tensor]) -> TensorList
     """Sparse COO tensors with the indices and shape of each ``mask`` and the given ``values``."""
     return [torch.sparse_coo_tensor(m._indices(), v, m.shape, is_coalesced=m.is_coalesced(),
                                     check_invariants=False) for m, v in zip(masks, values)]
+
+
+# Row-sparse gradients given as (row indices, value rows) (``SparseRows``): static shapes, so
+# they trace under torch.compile; the results are dense, shaped like the aligned ``likes``.
+
+
+def rows_to_dense(likes: Sequence[Tensor], indices: Sequence[Tensor],
+                  values: Sequence[Tensor]) -> TensorList:
+    """Dense tensors shaped like each ``like`` (in the dtype of ``values``), zero except at
+    the rows ``indices`` along dim 0, where the ``values`` rows are summed (repeated indices
+    add up, as ``coalesce`` sums them). Out of place, so it also runs under ``vmap``."""
+    return [torch.zeros(like.shape, dtype=v.dtype, device=v.device).index_add(0, i, v)
+            for like, i, v in zip(likes, indices, values)]
+
+
+def row_masks(likes: Sequence[Tensor], indices: Sequence[Tensor]) -> TensorList:
+    """Bool masks shaped ``(n, 1, ..., 1)`` (broadcastable to each ``like`` of ``n`` rows),
+    true at the rows listed in ``indices`` (repeats allowed)."""
+    out = []
+    for like, i in zip(likes, indices):
+        mask = torch.zeros(like.shape[0], dtype=torch.bool, device=like.device).index_fill(0, i, True)
+        out.append(mask.view((like.shape[0],) + (1,) * (like.dim() - 1)))
+    return out
 
 
 # ---------------------------------------------------------------------------------

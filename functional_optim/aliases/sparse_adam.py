@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import optree
 import torch
 
-from ..base import GradientTransformation, ScalarOrSchedule
+from .. import kernels as k
+from ..base import EmptyState, GradientTransformation, ScalarOrSchedule
 from ..combine import chain
 from ..hyperparams import check_number, concrete, is_schedule
 from ..transforms import scale_by_learning_rate
-from ..transforms.sparse import scale_by_sparse_adam
+from ..transforms.sparse import SparseRows, _flatten_updates, _is_sparse_rows, scale_by_sparse_adam
 from ._common import maximize_part
 from .adam import _betas
 
@@ -27,16 +29,44 @@ def _check_positive(name: str, label: str, value: Any, *, schedule_ok: bool = Fa
         raise ValueError(f"Invalid {label}: {v} (expected {name} > 0)")
 
 
+def _negate() -> GradientTransformation:
+    # torch's maximize (``-grad``) for COO tensors and SparseRows (values negated, indices kept);
+    # ``scale(-1.0)`` would see a SparseRows as two leaves and negate its indices too
+    def init_fn(params):
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, *, donate=False, **extra):
+        del params, extra
+        leaves, spec = _flatten_updates(updates)
+        at = [i for i, x in enumerate(leaves) if x is not None]
+        flipped = k.mul([leaves[i].values if _is_sparse_rows(leaves[i]) else leaves[i] for i in at], -1.0,
+                        donate=donate)
+        for i, x in zip(at, flipped):
+            leaves[i] = SparseRows(leaves[i].indices, x) if _is_sparse_rows(leaves[i]) else x
+        return optree.tree_unflatten(spec, leaves), state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
 def sparse_adam(lr: ScalarOrSchedule = 1e-3, betas: tuple[Any, Any] = (0.9, 0.999),
                 eps: float | torch.Tensor = 1e-8, *, maximize: bool = False) -> GradientTransformation:
     """SparseAdam exactly as ``torch.optim.SparseAdam`` (same names, order and defaults).
 
-    For sparse COO gradients (``nn.Embedding(sparse=True)``): ``g = -g`` if maximize, then
+    For row-sparse gradients (``nn.Embedding(sparse=True)``): ``g = -g`` if maximize, then
     Adam's moments and update only at the entries present in the coalesced gradient, with
     ``eps`` added to ``sqrt(v)`` without bias correction (:func:`scale_by_sparse_adam`);
-    update ``-lr * (...)``, a sparse COO tensor. Rows never present in a gradient keep
-    their params and state untouched. Dense gradients raise RuntimeError (torch's message),
-    complex params ValueError at ``init``. Not ``torch.compile``-able (sparse tensors).
+    update ``-lr * (...)``. Rows never present in a gradient keep their params and state
+    untouched. Dense gradients raise RuntimeError (torch's message), complex params
+    ValueError at ``init``.
+
+    Each gradient leaf is either a sparse COO tensor (eager, sparse cost; the update is a
+    sparse COO tensor; not ``torch.compile``-able: dynamo refuses sparse tensors) or a
+    :class:`~functional_optim.transforms.sparse.SparseRows` ``(indices, values)`` built
+    from it outside the compiled region (``SparseRows.from_coo(p.grad)``): that form runs
+    under ``torch.compile(fullgraph=True)``, traced once for a fixed number of entries,
+    and gives a dense update shaped like the param, ``-0.0`` on untouched rows (so
+    ``apply_updates`` leaves them bit-identical), at param-sized cost per step.
 
     Args:
       lr: learning rate > 0: a number, a 0-d tensor, or a schedule ``count -> lr``. Default 1e-3.
@@ -54,8 +84,16 @@ def sparse_adam(lr: ScalarOrSchedule = 1e-3, betas: tuple[Any, Any] = (0.9, 0.99
       tensor([[ 0.0000,  0.0000],
               [ 0.0000,  0.0000],
               [-0.1000, -0.1000]])
+      >>> from functional_optim.transforms.sparse import SparseRows
+      >>> rows = SparseRows.from_coo(grad)  # the form to pass into torch.compile(opt.update)
+      >>> updates, state = opt.update({"table": rows}, opt.init(params), params)
+      >>> fo.apply_updates(params, updates)["table"]
+      tensor([[ 0.0000,  0.0000],
+              [ 0.0000,  0.0000],
+              [-0.1000, -0.1000]])
     """
     _check_positive("lr", "learning rate", lr, schedule_ok=True)
     _check_positive("eps", "epsilon value", eps)
     b1, b2 = _betas(betas)
-    return chain(*maximize_part(maximize), scale_by_sparse_adam(b1, b2, eps), scale_by_learning_rate(lr))
+    negate = [_negate()] if maximize_part(maximize) else []  # maximize_part validates the bool
+    return chain(*negate, scale_by_sparse_adam(b1, b2, eps), scale_by_learning_rate(lr))
