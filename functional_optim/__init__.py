@@ -10,6 +10,7 @@ of tensors, built by chaining small transforms::
     params = fo.apply_updates(params, updates)
 """
 
+from . import _compat  # noqa: F401  (torch workarounds, applied at import)
 from . import kernels, tree
 from .aliases import adam, adamw, sgd
 from .aliases import adadelta, adagrad, adamax, rmsprop
@@ -28,7 +29,19 @@ from .transforms import (ScaleByAdaDeltaState, ScaleByAdamaxState, ScaleByRssSta
                          scale_by_adamax, scale_by_rss, scale_by_stddev)
 from .transforms import (ScaleByAsgdState, ScaleByNadamState, ScaleByRpropState, scale_by_asgd,
                          scale_by_nadam, scale_by_radam, scale_by_rprop)
-from .transforms import ScaleBySparseAdamState, scale_by_sparse_adam
+from .transforms import ScaleBySparseAdamState, SparseRows, scale_by_sparse_adam
+from .transforms import (AddNoiseState, NonNegativeParamsState, ZeroNansState, adaptive_grad_clip,
+                         add_noise, centralize, clip_by_block_rms, keep_params_nonnegative,
+                         scale_by_trust_ratio, zero_nans)
+from . import wrappers
+from .wrappers import (apply_if_finite, ApplyIfFiniteState, conditionally_mask,
+                       conditionally_transform, ConditionallyMaskState, ConditionallyTransformState,
+                       ema_params, freeze, inject_hyperparams, InjectHyperparamsState,
+                       label_by_name, leaf_names, lookahead, lookahead_slow_params, LookaheadState,
+                       mask_by_name, masked, MaskedState, measure_with_ema, monitor, MonitorState,
+                       multi_transform, MultiSteps, MultiStepsState, MultiTransformState, param_ema,
+                       ParamEmaState, partition, PartitionState, selective_transform,
+                       skip_large_updates, skip_not_finite, snapshot, SnapshotState)
 from .updates import apply_updates, apply_updates_
 from .schedules import (constant_schedule, cosine_decay_schedule, cosine_onecycle_schedule,
                         exponential_decay, exponential_range_schedule, join_schedules,
@@ -58,7 +71,10 @@ __all__ = [
     "ScaleByNadamState", "ScaleByAsgdState", "ScaleByRpropState",
     "nadam", "radam", "asgd", "rprop",
     "linesearch", "lbfgs", "LBFGSState", "sparse_adam", "scale_by_sparse_adam",
-    "ScaleBySparseAdamState",
+    "ScaleBySparseAdamState", "SparseRows",
+    "AddNoiseState", "NonNegativeParamsState", "ZeroNansState", "adaptive_grad_clip", "add_noise",
+    "centralize", "clip_by_block_rms", "keep_params_nonnegative", "scale_by_trust_ratio", "zero_nans",
+    "wrappers", *wrappers.__all__,
     "constant_schedule", "linear_schedule", "polynomial_schedule", "exponential_decay",
     "piecewise_constant_schedule", "piecewise_interpolate_schedule",
     "cosine_decay_schedule", "warmup_cosine_decay_schedule", "sgdr_schedule",

@@ -7,6 +7,9 @@ tracing and ``torch.func`` transforms), so building a transform never breaks a t
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -32,6 +35,30 @@ def value_at(value: Any, count: torch.Tensor) -> Any:
     return value(count.to(torch.float32 if count.device.type == "mps" else torch.float64))
 
 
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def tensors_unread() -> Iterator[None]:
+    """Within this block validation never reads a tensor hyperparameter (no host sync).
+
+    For wrappers that rebuild a transform from hyperparameter tensors held in state at
+    every update (``inject_hyperparams``): the values were validated when first given.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> with fo.hyperparams.tensors_unread():
+      ...     fo.hyperparams.concrete(torch.tensor(0.5)) is None
+      True
+    """
+    previous = getattr(_LOCAL, "unread", False)
+    _LOCAL.unread = True
+    try:
+        yield
+    finally:
+        _LOCAL.unread = previous
+
+
 def concrete(value: Any) -> float | None:
     """``value`` as a float when it can be read without a trace break, else None."""
     if isinstance(value, bool):
@@ -42,6 +69,8 @@ def concrete(value: Any) -> float | None:
         if value.numel() != 1:
             raise ValueError(f"a tensor hyperparameter must have one element, got shape {tuple(value.shape)}")
         if torch.compiler.is_compiling() or _in_functorch_transform() or value.is_meta:
+            return None
+        if getattr(_LOCAL, "unread", False):
             return None
         if torch._C._functorch.is_functorch_wrapped_tensor(value):
             return None

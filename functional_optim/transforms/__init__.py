@@ -6,10 +6,14 @@ from .adaptive import ScaleByAdamState, ScaleByRmsState, scale_by_adam, scale_by
 from .adam_variants import ScaleByNadamState, scale_by_nadam, scale_by_radam
 from .adding import add_decayed_weights
 from .averaging import ScaleByAsgdState, scale_by_asgd
-from .clipping import ClipByGlobalNormState, clip, clip_by_global_norm
+from .centering import centralize
+from .clipping import ClipByGlobalNormState, adaptive_grad_clip, clip, clip_by_block_rms, clip_by_global_norm
 from .momentum import EmaState, TraceState, ema, trace
+from .noise import AddNoiseState, add_noise
+from .norm_scaling import scale_by_trust_ratio
+from .numerics import NonNegativeParamsState, ZeroNansState, keep_params_nonnegative, zero_nans
 from .sign_based import ScaleByRpropState, scale_by_rprop
-from .sparse import ScaleBySparseAdamState, scale_by_sparse_adam
+from .sparse import ScaleBySparseAdamState, SparseRows, scale_by_sparse_adam
 from .scaling import (ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule,
                       scale_by_sign)
 
@@ -20,8 +24,10 @@ __all__ = [
     "add_decayed_weights",
     "ScaleByNadamState", "scale_by_nadam", "scale_by_radam", "ScaleByAsgdState", "scale_by_asgd",
     "ScaleByRpropState", "scale_by_rprop",
-    "ScaleBySparseAdamState", "scale_by_sparse_adam",
-    "ClipByGlobalNormState", "clip", "clip_by_global_norm",
+    "ScaleBySparseAdamState", "SparseRows", "scale_by_sparse_adam",
+    "ClipByGlobalNormState", "clip", "clip_by_global_norm", "clip_by_block_rms", "adaptive_grad_clip",
+    "centralize", "AddNoiseState", "add_noise", "scale_by_trust_ratio",
+    "ZeroNansState", "NonNegativeParamsState", "zero_nans", "keep_params_nonnegative",
     "EmaState", "TraceState", "ema", "trace",
     "ScaleByScheduleState", "scale", "scale_by_learning_rate", "scale_by_schedule", "scale_by_sign",
 ]
