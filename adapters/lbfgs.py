@@ -86,7 +86,8 @@ class LBFGS(_TorchCompatible):
                     p.copy_(x)
             with torch.enable_grad():
                 loss = closure()
-            surrogate = torch.as_tensor(float(loss), dtype=torch.float64)
+            surrogate = torch.as_tensor(float(loss.detach() if isinstance(loss, torch.Tensor) else loss),
+                                        dtype=torch.float64)
             for p, x in zip(params, point):
                 if p.grad is not None:  # <x - x, g> is exactly 0 but carries g as x's gradient
                     surrogate = surrogate + ((x - x.detach()) * p.grad.detach()).sum()
