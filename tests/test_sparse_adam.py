@@ -191,8 +191,9 @@ def test_maximize_must_be_bool():
         fo.sparse_adam(maximize=1)
 
 
-def test_not_compilable_fullgraph_documented():
-    """Documented limitation: dynamo refuses sparse tensors (torch 2.13)."""
+def test_coo_gradients_are_not_compilable_as_documented():
+    """Why SparseRows exists: dynamo refuses sparse COO tensors (torch 2.13). If this starts
+    failing, torch traces sparse tensors now: update the docstrings of sparse_adam."""
     params = {"emb": torch.zeros(5, 2, dtype=F64)}
     tx = fo.sparse_adam()
     grad = {"emb": torch.sparse_coo_tensor([[1]], torch.ones(1, 2, dtype=F64), (5, 2), check_invariants=True)}
