@@ -6,17 +6,7 @@ import pytest
 import torch
 
 import functional_optim as fo
-
-
-class CountingBackend:
-    """A torch.compile backend that counts the graphs it is given."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
+from compile_counting import CountingBackend
 
 
 def _schedule(count):

@@ -7,6 +7,7 @@ import torch
 
 import functional_optim as fo
 from functional_optim.transforms.sparse import SparseRows
+from compile_counting import CountingBackend
 
 F64 = torch.float64
 STEPS = 60
@@ -340,17 +341,6 @@ def test_sparse_rows_grad_wrt_lr_matches_finite_differences():
     lr, h = torch.tensor(0.1, dtype=F64), 1e-6
     fd = (loss(lr + h) - loss(lr - h)) / (2 * h)
     assert abs(float(torch.func.grad(loss)(lr)) - float(fd)) <= 1e-6 * abs(float(fd))
-
-
-class CountingBackend:
-    """A torch.compile backend that counts the graphs it is given."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
 
 
 def _compiled_vs_eager(backend, maximize):

@@ -20,6 +20,7 @@ from functional_optim.transforms.clipping import adaptive_grad_clip, clip_by_blo
 from functional_optim.transforms.noise import add_noise
 from functional_optim.transforms.norm_scaling import scale_by_trust_ratio
 from functional_optim.transforms.numerics import ZeroNansState, keep_params_nonnegative, zero_nans
+from compile_counting import CountingBackend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "reference", "transforms.json")) as f:
@@ -332,15 +333,6 @@ def test_tensor_hyperparameters_are_differentiable_and_batchable(name):
         torch.testing.assert_close(batched[i], loss(values[i]), rtol=1e-14, atol=1e-14)
 
 
-class _CountingBackend:
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
-
-
 def test_compiled_chain_is_one_graph_and_equals_eager():
     torch._dynamo.reset()
     tx = fo.chain(zero_nans(), centralize(), adaptive_grad_clip(0.05), clip_by_block_rms(1.0),
@@ -349,7 +341,7 @@ def test_compiled_chain_is_one_graph_and_equals_eager():
     gen = torch.Generator().manual_seed(0)
     params = {"w": torch.rand(4, 3, generator=gen, dtype=torch.float64),
               "b": torch.rand(3, generator=gen, dtype=torch.float64)}
-    counter = _CountingBackend()
+    counter = CountingBackend()
     compiled = torch.compile(tx.update, fullgraph=True, backend=counter)
     # AOTAutograd + functionalization (the in-place integer hash included); inductor's
     # C++ build of the hash kernel takes 30-100 s on a cold cache, so it is not run here

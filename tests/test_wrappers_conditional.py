@@ -11,6 +11,7 @@ from functional_optim.wrappers.conditional import (ConditionallyMaskState, Condi
                                                    conditionally_mask, conditionally_transform,
                                                    safe_increment)
 from parity import SOMETIMES, make_grads, make_params
+from compile_counting import CountingBackend
 
 STEPS = 30
 
@@ -139,15 +140,6 @@ def test_state_types_and_saturating_step():
     assert safe_increment(top).item() == 2 ** 31 - 1
     assert safe_increment(torch.tensor(5, dtype=torch.int32)).item() == 6
     assert fo.is_elementwise(conditionally_mask(fo.adam(), lambda s: True))
-
-
-class CountingBackend:
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
 
 
 def test_compiled_mask_one_graph():

@@ -8,6 +8,7 @@ import torch
 
 import functional_optim as fo
 from functional_optim.wrappers.finite import ApplyIfFiniteState, all_finite, apply_if_finite
+from compile_counting import CountingBackend
 
 NAN, INF = float("nan"), float("inf")
 
@@ -108,20 +109,11 @@ def test_all_finite_helper():
     assert all_finite({}).item()
 
 
-class _CountingBackend:
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
-
-
 def test_compiled_wrapped_adam_step_is_one_graph():
     torch._dynamo.reset()
     params = {"w": torch.randn(4, 3), "b": torch.randn(3)}
     opt = apply_if_finite(fo.adam(lr=1e-2), max_consecutive_errors=3)
-    backend = _CountingBackend()
+    backend = CountingBackend()
     compiled = torch.compile(opt.update, fullgraph=True, backend=backend)
     state_c = state_e = opt.init(params)
     for step in range(3):

@@ -9,6 +9,7 @@ import torch
 import functional_optim as fo
 from functional_optim import kernels as k
 from functional_optim.wrappers.injection import InjectHyperparamsState, inject_hyperparams
+from compile_counting import CountingBackend
 
 SHAPES = {"scalar": (), "vector": (7,), "matrix": (100, 100), "conv": (3, 2, 5, 5)}
 
@@ -276,21 +277,12 @@ def test_hypergradient_through_the_stored_lr():
     torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-7)
 
 
-class _CountingBackend:
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
-
-
 def test_compiled_update_one_graph_while_the_lr_in_state_changes():
     torch._dynamo.reset()
     opt = inject_hyperparams(fo.adam)(lr=1e-3, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(0)
     params = {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(3, generator=gen)}
-    backend = _CountingBackend()
+    backend = CountingBackend()
     compiled = torch.compile(opt.update, fullgraph=True, backend=backend)
     state_c = state_e = opt.init(params)
     for step in range(4):

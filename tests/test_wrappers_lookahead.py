@@ -8,6 +8,7 @@ import torch
 import functional_optim as fo
 from functional_optim.wrappers.lookahead import LookaheadState, lookahead, lookahead_slow_params
 from parity import SOMETIMES, make_grads, make_params, max_rel_diff, run_functional
+from compile_counting import CountingBackend
 
 STEPS = 40
 TOL = 1e-10  # float64, relative
@@ -186,15 +187,6 @@ def test_pure_without_donate_and_donate_gives_same_numbers(reset_state):
         u3, _ = tx.update(g, state, params)  # re-running gives the same outputs
         _assert_trees_equal(u1, u3)
         state, params = s1, fo.apply_updates(params, u1)
-
-
-class CountingBackend:
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
 
 
 def test_compiled_one_graph_across_syncs():

@@ -11,6 +11,7 @@ import functional_optim as fo
 from functional_optim.wrappers.monitoring import (MonitorState, SnapshotState, measure_with_ema, monitor,
                                                   snapshot)
 from parity import make_grads, make_params, max_rel_diff
+from compile_counting import CountingBackend
 
 STEPS = 30
 
@@ -145,15 +146,6 @@ def test_pure_without_donate():
         assert all(torch.equal(x, y) for x, y in zip(optree.tree_leaves(u1), optree.tree_leaves(u2)))
         assert all(torch.equal(x, y) for x, y in zip(optree.tree_leaves(s1), optree.tree_leaves(s2)))
         state = s1
-
-
-class CountingBackend:
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
 
 
 def test_compiled_snapshot_chain_one_graph():

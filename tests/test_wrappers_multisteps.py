@@ -12,6 +12,7 @@ import torch
 import functional_optim as fo
 from functional_optim.wrappers.accumulation import (MultiSteps, MultiStepsState, skip_large_updates,
                                                     skip_not_finite)
+from compile_counting import CountingBackend
 
 SHAPES = {"scalar": (), "vector": (5,), "matrix": (4, 3)}
 
@@ -197,20 +198,11 @@ def test_accumulator_dtype_and_gradient_transformation():
     assert torch.equal(results[None], bf16(-1.0))  # the bfloat16 sum lost both small terms
 
 
-class _CountingBackend:
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
-
-
 def test_compiled_update_one_graph_across_mini_steps():
     torch._dynamo.reset()
     params = {"w": torch.randn(4, 3), "b": torch.randn(3)}
     opt = MultiSteps(fo.adam(lr=1e-2), 3)
-    backend = _CountingBackend()
+    backend = CountingBackend()
     compiled = torch.compile(opt.update, fullgraph=True, backend=backend)
     state_c = state_e = opt.init(params)
     for _ in range(6):
