@@ -47,6 +47,18 @@ class EmptyState(NamedTuple):
     """State of a stateless transform (no fields, no leaves)."""
 
 
+def init_empty_state(params: Params) -> EmptyState:
+    """The ``init`` of every stateless transform: an :class:`EmptyState`, whatever ``params``.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.base.init_empty_state({"w": torch.zeros(2)})
+      EmptyState()
+    """
+    del params
+    return EmptyState()
+
+
 def identity() -> GradientTransformation:
     """A transform that returns the updates unchanged.
 
@@ -56,15 +68,12 @@ def identity() -> GradientTransformation:
       tensor([1., 1.])
     """
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, **extra):
         del params, extra
         return updates, state
 
-    return mark_elementwise(GradientTransformation(init_fn, update_fn))
+    return mark_elementwise(GradientTransformation(init_empty_state, update_fn))
 
 
 def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
@@ -82,15 +91,12 @@ def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransfo
     if not callable(f):
         raise TypeError(f"f must be callable, got {type(f).__name__}")
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, **extra):
         del extra
         return f(updates, params), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)
 
 
 def set_to_zero() -> GradientTransformation:
@@ -107,7 +113,7 @@ def set_to_zero() -> GradientTransformation:
         zeros = optree.tree_map(torch.zeros_like, updates)
         return zeros, state
 
-    return mark_elementwise(GradientTransformation(identity().init, update_fn))
+    return mark_elementwise(GradientTransformation(init_empty_state, update_fn))
 
 
 _ELEMENTWISE = "_functional_optim_elementwise"

@@ -8,7 +8,7 @@ import optree
 import torch
 
 from .. import kernels as k
-from ..base import EmptyState, GradientTransformation, ScalarOrSchedule
+from ..base import GradientTransformation, ScalarOrSchedule, init_empty_state
 from ..combine import chain
 from ..hyperparams import check_number, concrete, is_schedule
 from ..transforms import scale_by_learning_rate
@@ -32,9 +32,6 @@ def _check_positive(name: str, label: str, value: Any, *, schedule_ok: bool = Fa
 def _negate() -> GradientTransformation:
     # torch's maximize (``-grad``) for COO tensors and SparseRows (values negated, indices kept);
     # ``scale(-1.0)`` would see a SparseRows as two leaves and negate its indices too
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
@@ -46,7 +43,7 @@ def _negate() -> GradientTransformation:
             leaves[i] = SparseRows(leaves[i].indices, x) if _is_sparse_rows(leaves[i]) else x
         return optree.tree_unflatten(spec, leaves), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)
 
 
 def sparse_adam(lr: ScalarOrSchedule = 1e-3, betas: tuple[Any, Any] = (0.9, 0.999),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import kernels as k
-from ..base import EmptyState, GradientTransformation
+from ..base import GradientTransformation, init_empty_state
 from ..tree import select
 
 
@@ -26,9 +26,6 @@ def centralize() -> GradientTransformation:
               [-2., -1.,  3.]])
     """
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
@@ -42,4 +39,4 @@ def centralize() -> GradientTransformation:
             new[i] = u
         return sel.rebuild(new), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)

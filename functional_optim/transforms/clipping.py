@@ -9,7 +9,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import EmptyState, GradientTransformation, mark_elementwise
+from ..base import EmptyState, GradientTransformation, init_empty_state, mark_elementwise
 from ..hyperparams import check_range, concrete
 from ..tree import leaves, select
 
@@ -33,16 +33,13 @@ def clip(max_delta: float | torch.Tensor) -> GradientTransformation:
     """
     check_range("max_delta", max_delta, 0.0)
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates)
         return sel.rebuild(k.clamp(sel.updates, -max_delta, max_delta, donate=donate)), state
 
-    return mark_elementwise(GradientTransformation(init_fn, update_fn))
+    return mark_elementwise(GradientTransformation(init_empty_state, update_fn))
 
 
 def _norm_dtype(tree) -> torch.dtype:
@@ -141,9 +138,6 @@ def clip_by_block_rms(threshold: float | torch.Tensor) -> GradientTransformation
     if concrete(threshold) == 0.0:
         raise ValueError("Invalid threshold: 0.0 (expected threshold > 0)")
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
@@ -156,7 +150,7 @@ def clip_by_block_rms(threshold: float | torch.Tensor) -> GradientTransformation
         denoms = _leafwise(lambda r: torch.clamp_min(r / threshold, 1.0), rms)
         return sel.rebuild(k.div(us, _cast_like(denoms, us), donate=donate)), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)
 
 
 def _unit_dims(shape: torch.Size, axis: Any) -> tuple[int, ...] | None:
@@ -220,9 +214,6 @@ def adaptive_grad_clip(clipping: float | torch.Tensor, eps: float | torch.Tensor
     if axis == ():
         raise ValueError("axis must name at least one dimension, got ()")
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del extra
@@ -241,4 +232,4 @@ def adaptive_grad_clip(clipping: float | torch.Tensor, eps: float | torch.Tensor
         factor = k.cast(k.where(keep, ones, factor), [_real_dtype(u) for u in us])
         return sel.rebuild(k.mul_real(us, factor, donate=donate)), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels as k
-from ..base import EmptyState, GradientTransformation
+from ..base import GradientTransformation, init_empty_state
 from ..hyperparams import check_range
 from ..tree import select
 from .clipping import _norm_dtype, _leafwise, _real_dtype
@@ -44,9 +44,6 @@ def scale_by_trust_ratio(min_norm: float | torch.Tensor = 0.0, trust_coefficient
     check_range("trust_coefficient", trust_coefficient, 0.0)
     check_range("eps", eps, 0.0)
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def ratio(p_norm: torch.Tensor, u_norm: torch.Tensor) -> torch.Tensor:
         p_norm, u_norm = _safe_norm(p_norm, min_norm), _safe_norm(u_norm, min_norm)
@@ -69,4 +66,4 @@ def scale_by_trust_ratio(min_norm: float | torch.Tensor = 0.0, trust_coefficient
         ratios = [r.to(_real_dtype(u)) for r, u in zip(ratios, us)]
         return sel.rebuild(k.mul(us, ratios, donate=donate)), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)

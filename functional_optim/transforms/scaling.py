@@ -8,7 +8,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import EmptyState, GradientTransformation, Schedule, ScalarOrSchedule, mark_elementwise
+from ..base import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule, init_empty_state, mark_elementwise
 from ..hyperparams import check_number, check_range, is_schedule, value_at
 from ..tree import select
 
@@ -38,15 +38,12 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
     """
     check_number("step_size", step_size)
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         return _multiply(updates, step_size, donate), state
 
-    return mark_elementwise(GradientTransformation(init_fn, update_fn))
+    return mark_elementwise(GradientTransformation(init_empty_state, update_fn))
 
 
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
@@ -97,9 +94,6 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
     if is_schedule(learning_rate):
         return scale_by_schedule(lambda count: sign * learning_rate(count))
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
@@ -108,7 +102,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
         factor = -learning_rate if flip_sign else learning_rate
         return _multiply(updates, factor, donate), state
 
-    return mark_elementwise(GradientTransformation(init_fn, update_fn))
+    return mark_elementwise(GradientTransformation(init_empty_state, update_fn))
 
 
 def scale_by_sign() -> GradientTransformation:
@@ -120,13 +114,10 @@ def scale_by_sign() -> GradientTransformation:
       tensor([-1.,  0.,  1.])
     """
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates)
         return sel.rebuild(k.sign(sel.updates, donate=donate)), state
 
-    return mark_elementwise(GradientTransformation(init_fn, update_fn))
+    return mark_elementwise(GradientTransformation(init_empty_state, update_fn))

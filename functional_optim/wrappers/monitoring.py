@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import optree
 import torch
 
-from ..base import EmptyState, GradientTransformation
+from ..base import EmptyState, GradientTransformation, init_empty_state
 from ..combine import chain
 from ..hyperparams import check_range
 from ..transforms.momentum import ema
@@ -176,15 +176,12 @@ def _measuring(measure: Measure, dtype: torch.dtype | None = None, *,
             return x.to(dtype)
         return x if x.is_floating_point() or x.is_complex() else x.to(torch.get_default_dtype())
 
-    def init_fn(params):
-        del params
-        return EmptyState()
 
     def update_fn(updates, state, params=None, **extra):
         del params, extra
         return optree.tree_map(cast, measure(updates), none_is_leaf=True), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)
 
 
 def measure_with_ema(measure: Measure, decay: float | torch.Tensor, debias: bool = True,
