@@ -17,6 +17,12 @@ kernel works per real/imaginary component, as torch.optim does.
 Scalar arguments may be Python numbers, 0-d tensors, or lists of those (one per
 tensor). Tensor scalars are never read on the host, so kernels stay traceable and
 differentiable with respect to hyperparameters.
+
+Under a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...) nothing is written in
+place: ``donate`` and ``out`` are ignored and every kernel returns new tensors. A buffer
+made from unbatched state cannot receive a batched value in place under ``vmap`` (the MAML
+setting: shared meta-parameters and state, per-task gradients), and autograd must see
+every value it saved. Plain eager and compiled steps keep their in-place writes.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ __all__ = [
     "sqrt", "sign", "neg", "absolute", "clamp", "copy", "zeros_like", "cast", "where",
     "select_by_sign", "scalars_for",
     "gather_sparse", "scatter_sparse", "sparse_like", "rows_to_dense", "row_masks",
-    "norms", "global_norm", "vdot",
-    "masked_fill", "mul_real", "means", "unit_norms",
+    "norms", "global_norm", "vdot", "all_finite", "count_nonfinite", "leafwise", "norm_dtype",
+    "masked_fill", "mul_real", "means", "unit_norms", "writes_in_place",
 ]
 
 _FOREACH_POLICY: bool | None = None  # None: automatic (see use_foreach)
@@ -64,6 +70,20 @@ def set_foreach(policy: bool | None) -> None:
 
 def _in_functorch_transform() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def writes_in_place(donate: bool) -> bool:
+    """Whether a kernel called with ``donate`` (or ``out``) really writes in place: yes,
+    except under a ``torch.func`` transform, where every kernel returns new tensors.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.writes_in_place(True)
+      True
+      >>> torch.func.grad(lambda x: x * fo.kernels.writes_in_place(True))(torch.tensor(1.0))
+      tensor(0.)
+    """
+    return bool(donate) and not _in_functorch_transform()
 
 
 def use_foreach(tensors: Sequence[Tensor]) -> bool:
@@ -133,6 +153,8 @@ def _map(op: str, xs: Sequence[Tensor], *args: Any, donate: bool = False,
     for a in args:
         if _is_list(a) and len(a) != n:
             raise ValueError(f"kernel {op}: list arguments have lengths {n} and {len(a)}")
+    if not writes_in_place(donate or out is not None):
+        donate, out = False, None
     if donate:
         out = xs
     real_xs = [_real(x) for x in xs]
@@ -291,6 +313,8 @@ _REDUCED = (torch.bfloat16, torch.float16)
 def _write(results: TensorList, xs: Sequence[Tensor], dtypes: list[torch.dtype], donate: bool,
            out: Sequence[Tensor] | None) -> TensorList:
     # results computed in a wider dtype, written into the donated xs or ``out``, or cast
+    if not writes_in_place(donate or out is not None):
+        donate, out = False, None
     if donate:
         return copy(xs, results)
     if out is not None:
@@ -306,7 +330,7 @@ def _fused_with_tensor_value(op: str, xs: Sequence[Tensor], a: Sequence[Tensor],
     # Python number does (one multiply-add), so a 0-d tensor value gives the same bits.
     scaled = mul(cast(a, [_opmath(t.dtype) for t in a]), value)
     results = _map(op, xs, scaled, b, donate=donate, out=out)
-    if donate or out is not None:
+    if writes_in_place(donate or out is not None):
         return results
     return cast(results, _result_dtypes(xs, a, b))
 
@@ -319,8 +343,40 @@ def maximum(xs: Sequence[Tensor], others: Sequence[Tensor], *, donate: bool = Fa
 
 def sqrt(xs: Sequence[Tensor], *, donate: bool = False,
         out: Sequence[Tensor] | None = None) -> TensorList:
-    """Elementwise square root."""
+    """Elementwise square root, with derivative 0 at exactly 0.
+
+    The value is torch's ``sqrt`` bit for bit (``-0.0``, NaN and negative inputs included).
+    The derivative ``1 / (2 sqrt(x))`` is infinite at ``x = 0``; there it is taken as 0,
+    the subgradient that keeps meta-gradients finite: an adaptive optimizer's second
+    moment is exactly 0 where a gradient has always been 0 (inactive ReLU units, unused
+    embeddings), and ``inf * 0`` would turn the whole meta-gradient into NaN. 0 is also the
+    limit of what the moment's own derivative there contributes (it is ``2 g = 0``), so
+    derivatives of everything built on ``sqrt(nu)`` stay exact elsewhere. Only when
+    something is being differentiated (a tensor requiring grad, or a ``torch.func``
+    transform) does this take two extra selections; plain steps run torch's ``sqrt``.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> x = torch.tensor([0.0, 4.0], requires_grad=True)
+      >>> y = fo.kernels.sqrt([x])[0]
+      >>> y, torch.autograd.grad(y.sum(), x)[0]
+      (tensor([0., 2.], grad_fn=<WhereBackward0>), tensor([0.0000, 0.2500]))
+    """
+    if _differentiating(xs):
+        results = [_sqrt_zero_derivative(_real(x)) for x in xs]  # new tensors: autograd saves them
+        return [torch.view_as_complex(r) if x.is_complex() else r for r, x in zip(results, xs)]
     return _map("sqrt", xs, donate=donate, out=out)
+
+
+def _differentiating(xs: Sequence[Tensor]) -> bool:
+    return torch.is_grad_enabled() and (_in_functorch_transform() or any(x.requires_grad for x in xs))
+
+
+def _sqrt_zero_derivative(x: Tensor) -> Tensor:
+    # zeros select x itself, detached (the same signed zero sqrt returns, no derivative);
+    # the root of the other entries never sees a 0, so no inf enters the backward pass
+    zero = x == 0
+    return torch.where(zero, x.detach(), torch.sqrt(torch.where(zero, torch.ones_like(x), x)))
 
 
 def sign(xs: Sequence[Tensor], *, donate: bool = False,
@@ -348,13 +404,50 @@ def clamp(xs: Sequence[Tensor], min: Scalar = None, max: Scalar = None, *, donat
     return result
 
 
-def where(cond: Scalar, xs: Sequence[Tensor], others: Sequence[Tensor]) -> TensorList:
-    """``x if cond else other`` per tensor; ``cond`` is a bool tensor or a list of them."""
-    return [torch.where(_nth(cond, i), x, o) for i, (x, o) in enumerate(zip(xs, others))]
+def where(cond: Scalar, xs: Sequence[Tensor], others: Any, *,
+          out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x if cond else other`` per tensor, never mixing values (a NaN or Inf in the branch
+    not taken does not leak).
+
+    Args:
+      cond: a bool tensor broadcastable to each ``x`` (a 0-d one selects whole tensors),
+        or a list of them, one per tensor; moved to each ``x``'s device.
+      xs: the tensors taken where ``cond`` is true.
+      others: tensors aligned with ``xs``, or one scalar (e.g. ``0.0``) for all of them.
+      out: buffers to write the results into (ignored under ``torch.func`` transforms).
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.where(torch.tensor(False), [torch.tensor([float("nan")])], 0.0)
+      [tensor([0.])]
+    """
+    if out is not None and not writes_in_place(True):
+        out = None
+    results = []
+    for i, x in enumerate(xs):
+        c = _nth(cond, i)
+        c = c if c.device == x.device else c.to(x.device)
+        other = _nth(others, i)
+        if not isinstance(other, Tensor):
+            other = x.new_full((), other)
+        if out is not None and _fits(out[i], x):
+            results.append(torch.where(c, x, other, out=out[i]))
+        else:
+            results.append(torch.where(c, x, other))
+    return results
+
+
+def _fits(buffer: Any, like: Tensor) -> bool:
+    # a buffer that can receive ``like``'s values in place (and is not ``like`` itself)
+    return (isinstance(buffer, Tensor) and buffer is not like and not buffer.is_sparse
+            and buffer.shape == like.shape and buffer.dtype == like.dtype and buffer.device == like.device)
 
 
 def copy(dst: Sequence[Tensor], src: Sequence[Tensor]) -> TensorList:
-    """Copy ``src`` into the buffers of ``dst`` (always in place) and return ``dst``."""
+    """Copy ``src`` into the buffers of ``dst`` and return ``dst``; under ``torch.func``
+    transforms ``src`` is returned instead (nothing is written in place)."""
+    if not writes_in_place(True):
+        return list(src)
     if use_foreach(dst):
         torch._foreach_copy_(list(dst), list(src))
     else:
@@ -396,6 +489,8 @@ def masked_fill(xs: Sequence[Tensor], masks: Sequence[Tensor], value: Scalar, *,
                 out: Sequence[Tensor] | None = None) -> TensorList:
     """``value`` where ``mask`` is true, else ``x``; a mask has its tensor's shape and, for a
     complex ``x``, covers the whole element (both components), as ``jnp.where`` does."""
+    if not writes_in_place(donate or out is not None):
+        donate, out = False, None
     results = []
     for i, (x, m) in enumerate(zip(xs, masks)):
         v = _nth(value, i)
@@ -413,6 +508,8 @@ def mul_real(xs: Sequence[Tensor], factors: Sequence[Tensor], *, donate: bool = 
     """``x * f`` with ``f`` a real tensor broadcastable to ``x`` (per-unit factors such as
     ``keepdim`` norms); a complex ``x`` has both components scaled. ``f`` should have the
     (real) dtype of ``x``, else the result is promoted."""
+    if not writes_in_place(donate or out is not None):
+        donate, out = False, None
     results = []
     for i, (x, f) in enumerate(zip(xs, factors)):
         if donate:
@@ -464,6 +561,8 @@ def select_by_sign(tests: Sequence[Tensor], positive: Any, negative: Any, zero: 
     (which may be ``tests`` themselves). When ``positive is zero`` one ``where`` suffices
     (e.g. ``select_by_sign(t, g, 0.0, g)`` zeroes ``g`` where ``t < 0``).
     """
+    if out is not None and not writes_in_place(True):
+        out = None
     results = []
     for i, t in enumerate(tests):
         rt = _real(t)
@@ -493,7 +592,7 @@ def scatter_sparse(xs: Sequence[Tensor], masks: Sequence[Tensor], values: Sequen
                    donate: bool = False) -> TensorList:
     """Each ``x`` with its entries at the indices of ``mask`` replaced by ``values``
     (in place when donated). Entries elsewhere are untouched."""
-    if donate:
+    if writes_in_place(donate):
         return [x.index_put_(tuple(m._indices()), v) for x, m, v in zip(xs, masks, values)]
     return [x.index_put(tuple(m._indices()), v) for x, m, v in zip(xs, masks, values)]
 
@@ -579,11 +678,100 @@ def means(xs: Sequence[Tensor], dims: Any) -> TensorList:
     return results
 
 
-def global_norm(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor | None:
-    """``sqrt(sum_i ||x_i||^2)`` as one 0-d tensor (None when ``xs`` is empty)."""
+def global_norm(xs: Sequence[Tensor], dtype: torch.dtype | None = None, *,
+                squared: bool = False) -> Tensor | None:
+    """``sqrt(sum_i ||x_i||^2)`` as one 0-d tensor (None when ``xs`` is empty); with
+    ``squared``, ``sum_i ||x_i||^2`` (each norm squared, then summed)."""
     if not xs:
         return None
+    if squared:
+        return torch.stack(norms(xs, dtype)).square().sum()
     return torch.linalg.vector_norm(torch.stack(norms(xs, dtype)))
+
+
+def norm_dtype(xs: Sequence[Tensor]) -> torch.dtype:
+    """The dtype norms of ``xs`` accumulate in: the widest real dtype among them, at least
+    float32 (bfloat16 and float16 gradients are summed in float32)."""
+    dtype = torch.float32
+    for x in xs:
+        dtype = torch.promote_types(dtype, x.real.dtype if x.is_complex() else x.dtype)
+    return dtype
+
+
+def _on_one_device(flags: list[Tensor]) -> list[Tensor]:
+    # per-tensor 0-d results from several devices, gathered on the CPU to be combined
+    return flags if len({f.device for f in flags}) <= 1 else [f.cpu() for f in flags]
+
+
+def all_finite(xs: Sequence[Tensor]) -> Tensor:
+    """A 0-d bool tensor: True when no tensor holds a NaN or an Inf (True for no tensors).
+    No host sync.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.all_finite([torch.ones(2), torch.tensor([float("inf")])])
+      tensor(False)
+    """
+    if not xs:
+        return torch.tensor(True)
+    return torch.stack(_on_one_device([torch.isfinite(x).all() for x in xs])).all()
+
+
+def count_nonfinite(xs: Sequence[Tensor]) -> Tensor:
+    """The number of NaN or Inf entries over all tensors, a 0-d int64 tensor (complex: per
+    element). No host sync.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.count_nonfinite([torch.tensor([1.0, float("nan"), float("inf")])])
+      tensor(2)
+    """
+    if not xs:
+        return torch.zeros((), dtype=torch.int64)
+    return torch.stack(_on_one_device([(~torch.isfinite(x)).sum() for x in xs])).sum()
+
+
+def leafwise(fn: Any, *columns: Sequence[Tensor],
+             dtype: torch.dtype | Sequence[torch.dtype] | None = None) -> Any:
+    """``fn`` over per-tensor 0-d scalars (norms, step counts, trust ratios), computed once
+    on the stacked vectors and split back into one 0-d tensor per tensor.
+
+    ``fn`` receives each column as a vector (cast to ``dtype`` when given: one dtype, or
+    one per tensor, of which the first serves tensors on one device) and returns a
+    vector or a tuple of vectors (numbers and 0-d tensors are broadcast). Eagerly this is
+    a handful of ops whatever the number of tensors; under ``torch.compile`` the results
+    are materialised in a tiny kernel of their own (a padded concatenation that inductor
+    cannot fold away), so per-step scalars such as ``b**t`` are not recomputed for every
+    element of the big update kernel. Columns on several devices are computed per tensor.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.leafwise(lambda a, b: a / b, [torch.tensor(1.0), torch.tensor(3.0)],
+      ...                     [torch.tensor(2.0), torch.tensor(4.0)])
+      [tensor(0.5000), tensor(0.7500)]
+    """
+    n = len(columns[0]) if columns else 0
+    if n == 0:
+        out = fn(*(torch.zeros(0) for _ in columns))
+        return tuple([] for _ in out) if isinstance(out, tuple) else []
+    if len({t.device for t in columns[0]}) > 1:
+        parts = [leafwise(fn, *([c[i]] for c in columns), dtype=_nth(dtype, i)) for i in range(n)]
+        if isinstance(parts[0], tuple):
+            return tuple([p[j][0] for p in parts] for j in range(len(parts[0])))
+        return [p[0] for p in parts]
+    dtype = _nth(dtype, 0)
+    vectors = [torch.stack(list(c)) if dtype is None else torch.stack(list(c)).to(dtype) for c in columns]
+    out = fn(*vectors)
+    split = _split_scalars(*(out if isinstance(out, tuple) else (out,)), n=n)
+    return tuple(split) if isinstance(out, tuple) else split[0]
+
+
+def _split_scalars(*vectors: Any, n: int) -> list[list[Tensor]]:
+    like = next(v for v in vectors if isinstance(v, Tensor))
+    parts = [torch.broadcast_to(torch.as_tensor(v, dtype=like.dtype, device=like.device), (n,))
+             for v in vectors]
+    flat = torch.cat(parts + [parts[0].new_zeros(1)]).unbind(0)
+    return [list(flat[j * n:(j + 1) * n]) for j in range(len(vectors))]
 
 
 def vdot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor | None:

@@ -20,7 +20,7 @@ _MISSING = object()
 __all__ = [
     "Selection", "select", "map", "leaves", "add", "sub", "scale", "add_scale", "vdot",
     "norm", "global_norm", "zeros_like", "ones_like", "full_like", "cast", "get",
-    "get_all_with_path", "set", "describe",
+    "get_all_with_path", "set", "describe", "where", "all_finite",
 ]
 
 
@@ -179,6 +179,62 @@ def norm(tree: PyTree, ord: int | float | str = 2, squared: bool = False) -> tor
     if ord in ("inf", float("inf")):
         return torch.stack([torch.linalg.vector_norm(k._real(x), float("inf")) for x in xs]).max()
     raise ValueError(f"ord must be 1, 2 or inf, got {ord!r}")
+
+
+def all_finite(tree: PyTree) -> torch.Tensor:
+    """A 0-d bool tensor: True when no leaf holds a NaN or an Inf (None leaves are
+    skipped; True for a tree without tensors). No host sync.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.tree.all_finite({"a": torch.ones(2), "b": None})
+      tensor(True)
+    """
+    return k.all_finite(leaves(tree))
+
+
+def where(cond: torch.Tensor, new: PyTree, old: PyTree, *, name: str = "state") -> PyTree:
+    """Leaf by leaf ``torch.where(cond, new, old)`` over two trees of the same structure.
+
+    Where ``cond`` is False the result holds ``old``'s values bit for bit (a NaN or Inf in
+    ``new`` does not leak). ``old`` may be a scalar (e.g. ``0.0``) used for every leaf.
+    None leaves stay None; leaves that are not tensors must be equal in both trees.
+
+    Args:
+      cond: a 0-d bool tensor (no host sync: both trees are computed).
+      new: the tree taken where ``cond`` is True.
+      old: the tree (or scalar) kept where it is False.
+      name: what the trees are, for error messages.
+
+    Raises:
+      ValueError: the structures differ (naming ``name``).
+      TypeError: a non-tensor leaf differs between the trees.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.tree.where(torch.tensor(False), {"m": torch.tensor([float("nan")])}, {"m": torch.zeros(1)})
+      {'m': tensor([0.])}
+    """
+    new_leaves, spec = optree.tree_flatten(new, none_is_leaf=True)
+    if isinstance(old, (int, float)) and not isinstance(old, bool):
+        old_leaves = [old if isinstance(n, torch.Tensor) else n for n in new_leaves]
+    else:
+        old_leaves, old_spec = optree.tree_flatten(old, none_is_leaf=True)
+        if spec != old_spec:
+            raise ValueError(f"the {name} changed structure during the update: {describe(old_spec)} "
+                             f"became {describe(spec)}")
+    tensors = [i for i, n in enumerate(new_leaves) if isinstance(n, torch.Tensor)]
+    picked = k.where(cond, [new_leaves[i] for i in tensors], [old_leaves[i] for i in tensors])
+    out = list(old_leaves)
+    for i, t in zip(tensors, picked):
+        out[i] = t
+    for i, (n, o) in enumerate(zip(new_leaves, old_leaves)):
+        if isinstance(n, torch.Tensor):
+            continue
+        if isinstance(o, torch.Tensor) or not (n is o or n == o):
+            raise TypeError(f"the {name} has a leaf that is not a tensor and changed during the update "
+                            f"({o!r} -> {n!r}); it cannot be selected without a host sync")
+    return optree.tree_unflatten(spec, out)
 
 
 def global_norm(tree: PyTree) -> torch.Tensor:

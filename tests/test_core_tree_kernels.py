@@ -130,3 +130,96 @@ def test_apply_updates_pure_and_in_place():
     fo.apply_updates_(params, updates)
     assert params["w"].data_ptr() == ptr and torch.equal(params["w"], new["w"])
     assert torch.equal(params["b"], torch.ones(1))
+
+
+# ---------------------------------------------------------------------------------
+# Differentiability of the kernel layer: sqrt at 0, no in-place writes under torch.func
+
+
+def test_sqrt_value_is_torchs_bit_for_bit_when_differentiated():
+    x = torch.tensor([0.0, -0.0, 4.0, 2.0, -1.0, float("nan"), float("inf"), 1e-300], dtype=DT,
+                     requires_grad=True)
+    y = k.sqrt([x])[0]
+    ref = torch.sqrt(x.detach())
+    assert torch.equal(y.detach().nan_to_num(7.0), ref.nan_to_num(7.0))
+    assert torch.equal(torch.signbit(y.detach()), torch.signbit(ref))  # -0.0 stays -0.0
+
+
+def test_sqrt_derivative_is_zero_at_zero_and_exact_elsewhere():
+    x = torch.tensor([0.0, 4.0, 0.25, 1e-12], dtype=DT, requires_grad=True)
+    (g,) = torch.autograd.grad(k.sqrt([x])[0].sum(), x, create_graph=True)
+    assert torch.equal(g.detach(), torch.tensor([0.0, 0.25, 1.0, 0.5e6], dtype=DT))
+    (h,) = torch.autograd.grad(g.sum(), x)  # d2/dx2 sqrt = -1/4 x^(-3/2), 0 at 0
+    assert torch.equal(h, torch.tensor([0.0, -1 / 32, -2.0, -0.25e18], dtype=DT))
+
+
+def test_sqrt_under_torch_func_has_finite_derivatives_at_zero():
+    f = lambda x: k.sqrt([x * x])[0].sum()  # |x|: subgradient 0 at 0
+    x = torch.tensor([0.0, -3.0, 2.0], dtype=DT)
+    assert torch.equal(torch.func.grad(f)(x), torch.tensor([0.0, -1.0, 1.0], dtype=DT))
+    hess = torch.func.jacrev(torch.func.grad(f))(x)
+    assert torch.isfinite(hess).all()
+
+
+def test_sqrt_without_gradients_is_torchs_kernel():
+    x = torch.tensor([0.0, 4.0], dtype=DT)
+    y = k.sqrt([x])[0]
+    assert y.grad_fn is None and torch.equal(y, torch.sqrt(x))
+    out = k.sqrt([x], donate=True)[0]
+    assert out is x and torch.equal(x, torch.tensor([0.0, 2.0], dtype=DT))
+
+
+@pytest.mark.parametrize("op", ["add", "mul", "addcmul", "lerp", "sqrt", "clamp", "masked_fill", "where_out"])
+def test_donating_kernels_write_nothing_in_place_under_vmap(op):
+    # an unbatched buffer (from shared state) combined with batched values: under vmap the
+    # donated and ``out`` forms must return new tensors, equal to the per-example loop
+    state = torch.tensor([0.5, 2.0, 0.0], dtype=DT)
+    batch = torch.randn(4, 3, dtype=DT, generator=torch.Generator().manual_seed(0))
+
+    def step(g):
+        buf = k.mul([state], 0.9)  # a fresh intermediate made from unbatched state
+        if op == "add":
+            return k.add(buf, [g], 0.1, donate=True)[0]
+        if op == "mul":
+            return k.mul(buf, [g], donate=True)[0]
+        if op == "addcmul":
+            return k.addcmul(buf, [g], [g], 0.1, donate=True)[0]
+        if op == "lerp":
+            return k.lerp(buf, [g], 0.1, donate=True)[0]
+        if op == "sqrt":
+            return k.sqrt(k.add(buf, [g * g], donate=True), donate=True)[0]
+        if op == "clamp":
+            return k.clamp(k.add(buf, [g], donate=True), -0.5, 0.5, donate=True)[0]
+        if op == "masked_fill":
+            return k.masked_fill(k.add(buf, [g], donate=True), [g > 0], 0.0, donate=True)[0]
+        return k.where(g > 0, [g], 0.0, out=buf)[0]
+
+    batched = torch.func.vmap(step)(batch)
+    looped = torch.stack([step(g) for g in batch])
+    assert torch.equal(batched, looped)
+    assert torch.equal(state, torch.tensor([0.5, 2.0, 0.0], dtype=DT))
+
+
+def test_tree_where_selects_whole_trees_without_leaking_nan():
+    new = {"a": torch.tensor([float("nan"), 1.0]), "b": None, "n": 3}
+    old = {"a": torch.tensor([5.0, 6.0]), "b": None, "n": 3}
+    out = fo.tree.where(torch.tensor(False), new, old)
+    assert torch.equal(out["a"], old["a"]) and out["b"] is None and out["n"] == 3
+    assert torch.equal(fo.tree.where(torch.tensor(False), new, 0.0)["a"], torch.zeros(2))
+    with pytest.raises(ValueError, match="inner state changed structure"):
+        fo.tree.where(torch.tensor(True), {"a": torch.ones(1)}, {"b": torch.ones(1)}, name="inner state")
+    with pytest.raises(TypeError, match="not a tensor"):
+        fo.tree.where(torch.tensor(True), {"n": 1}, {"n": 2})
+
+
+def test_finite_checks_and_leafwise_scalars():
+    xs = [torch.tensor([1.0, float("inf")]), torch.tensor([[float("nan")]]), torch.ones(3)]
+    assert not fo.tree.all_finite(xs).item() and fo.tree.all_finite(xs[2:]).item()
+    assert k.count_nonfinite(xs).item() == 2 and k.count_nonfinite([]).item() == 0
+    ratio, total = k.leafwise(lambda a, b: (a / b, a + b), [torch.tensor(1.0), torch.tensor(6.0)],
+                              [torch.tensor(4.0), torch.tensor(3.0)], dtype=DT)
+    assert [r.item() for r in ratio] == [0.25, 2.0] and [t.item() for t in total] == [5.0, 9.0]
+    assert ratio[0].dtype == DT and ratio[0].dim() == 0
+    assert k.leafwise(lambda a: a, []) == []
+    squared = k.global_norm([torch.tensor([3.0]), torch.tensor([4.0])], squared=True)
+    assert squared.item() == 25.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -43,11 +43,7 @@ def clip(max_delta: float | torch.Tensor) -> GradientTransformation:
 
 
 def _norm_dtype(tree) -> torch.dtype:
-    dtype = torch.float32
-    for leaf in leaves(tree):
-        real = leaf.real if leaf.is_complex() else leaf
-        dtype = torch.promote_types(dtype, real.dtype)
-    return dtype
+    return k.norm_dtype(leaves(tree))
 
 
 def clip_by_global_norm(max_norm: float | torch.Tensor) -> GradientTransformation:
@@ -100,18 +96,6 @@ def _real_dtype(x: torch.Tensor) -> torch.dtype:
     return x.real.dtype if x.is_complex() else x.dtype
 
 
-def _leafwise(fn: Callable[..., torch.Tensor], *columns: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``fn`` over per-leaf 0-d tensors, computed once on the stacked vectors (a handful of
-    ops whatever the number of leaves) and split back into 0-d tensors, one per leaf.
-    Leaves on several devices are computed one by one."""
-    n = len(columns[0])
-    if not n:
-        return []
-    if len({t.device for t in columns[0]}) > 1:
-        return [fn(*(c[i] for c in columns)) for i in range(n)]
-    return list(fn(*(torch.stack(list(c)) for c in columns)).unbind(0))
-
-
 def _cast_like(scalars: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     # a factor in the real dtype of its update: no promotion of 0-d or complex leaves
     return [s.to(_real_dtype(x)) for s, x in zip(scalars, xs)]
@@ -147,7 +131,7 @@ def clip_by_block_rms(threshold: float | torch.Tensor) -> GradientTransformation
             return updates, state
         norms = k.norms(us, _norm_dtype(us))
         rms = k.mul(norms, [u.numel() ** -0.5 if u.numel() else float("nan") for u in us])
-        denoms = _leafwise(lambda r: torch.clamp_min(r / threshold, 1.0), rms)
+        denoms = k.leafwise(lambda r: torch.clamp_min(r / threshold, 1.0), rms)
         return sel.rebuild(k.div(us, _cast_like(denoms, us), donate=donate)), state
 
     return GradientTransformation(init_empty_state, update_fn)

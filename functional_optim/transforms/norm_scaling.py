@@ -8,7 +8,7 @@ from .. import kernels as k
 from ..base import GradientTransformation, init_empty_state
 from ..hyperparams import check_range
 from ..tree import select
-from .clipping import _norm_dtype, _leafwise, _real_dtype
+from .clipping import _norm_dtype, _real_dtype
 
 
 def _safe_norm(norm: torch.Tensor, min_norm: float | torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ def scale_by_trust_ratio(min_norm: float | torch.Tensor = 0.0, trust_coefficient
         if not us:
             return updates, state
         dtype = _norm_dtype(us + ps)
-        ratios = _leafwise(ratio, k.norms(ps, dtype), k.norms(us, dtype))
+        ratios = k.leafwise(ratio, k.norms(ps, dtype), k.norms(us, dtype))
         ratios = [r.to(_real_dtype(u)) for r, u in zip(ratios, us)]
         return sel.rebuild(k.mul(us, ratios, donate=donate)), state
 

@@ -12,7 +12,8 @@ from .. import steps
 from ..base import GradientTransformation
 from ..tree import leaves, select
 from ..tree import map as tree_map
-from .finite import _zeros_where_not, select_tree
+from ..tree import where as tree_where
+from .finite import zeros_where_not
 
 __all__ = ["MultiSteps", "MultiStepsState", "skip_not_finite", "skip_large_updates"]
 
@@ -166,7 +167,7 @@ class MultiSteps:
             skip, skip_state = self._skip(updates, state.gradient_step, params)
             skip = skip.to(mini_step.device)
             # where, not a product: NaN or Inf in a skipped gradient must not reach the sum
-            contrib = [torch.where(skip, c.new_zeros(()), c) for c in contrib]
+            contrib = k.where(~skip, contrib, 0.0)
         total = k.add(acc, contrib, donate=donate)
 
         final = mini_step + 1 >= every_k
@@ -179,13 +180,10 @@ class MultiSteps:
         inner_in = k.cast(inner_in, [x.dtype for x in g])
         inner_updates, inner_state = self._opt.update(sel.rebuild(inner_in), state.inner_opt_state,
                                                       params, **extra)
-        inner_state = select_tree(final, inner_state, state.inner_opt_state, name="inner optimizer state")
-        out = _zeros_where_not(final, inner_updates, updates if donate else None)
+        inner_state = tree_where(final, inner_state, state.inner_opt_state, name="inner optimizer state")
+        out = zeros_where_not(final, inner_updates, updates if donate else None)
         # the applied sums restart from zero (in place into our own buffers when donated)
-        if donate:
-            new_acc = [t.masked_fill_(final, 0) for t in total]
-        else:
-            new_acc = [t.masked_fill(final, 0) for t in total]
+        new_acc = k.masked_fill(total, [final] * len(total), 0, donate=donate)
 
         next_mini = torch.where(final, 0, mini_step + 1)
         if skip is not None:
@@ -221,11 +219,7 @@ def skip_not_finite(updates: Any, gradient_step: torch.Tensor, params: Any) -> t
       (tensor(True), tensor(1))
     """
     del gradient_step, params
-    xs = leaves(updates)
-    if not xs:
-        count = torch.zeros((), dtype=torch.int64)
-    else:
-        count = torch.stack([(~torch.isfinite(x)).sum() for x in xs]).sum()
+    count = k.count_nonfinite(leaves(updates))
     should_skip = count > 0
     return should_skip, {"should_skip": should_skip, "num_not_finite": count}
 
@@ -249,13 +243,7 @@ def skip_large_updates(updates: Any, gradient_step: torch.Tensor, params: Any,
     """
     del gradient_step, params
     xs = leaves(updates)
-    if not xs:
-        norm_sq = torch.zeros(())
-    else:
-        dtype = torch.float32
-        for x in xs:
-            dtype = torch.promote_types(dtype, x.real.dtype if x.is_complex() else x.dtype)
-        norm_sq = torch.stack([torch.linalg.vector_norm(k._real(x), dtype=dtype).square() for x in xs]).sum()
+    norm_sq = k.global_norm(xs, k.norm_dtype(xs), squared=True) if xs else torch.zeros(())
     should_skip = ~(norm_sq < max_squared_norm)
     return should_skip, {"should_skip": should_skip, "norm_squared": norm_sq}
 

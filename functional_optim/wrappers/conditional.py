@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import optree
 import torch
 
 from .. import steps
+from ..tree import where as tree_where
+from ..tree import zeros_like as tree_zeros_like
 from ..base import GradientTransformation, is_elementwise, mark_elementwise
 from ..combine import _check_transform
 
@@ -58,25 +59,6 @@ def _condition(should_transform_fn: Callable[..., Any], step: torch.Tensor,
                     f"got {type(cond).__name__}")
 
 
-def _on(cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return cond if cond.device == x.device else cond.to(x.device)
-
-
-def where_tree(cond: torch.Tensor, new: Any, old: Any, what: str = "state") -> Any:
-    """Leafwise ``torch.where(cond, new, old)`` over two trees of the same structure.
-
-    None leaves stay None; non-tensor leaves are taken from ``new``. ValueError naming
-    ``what`` if the structures differ.
-    """
-    try:
-        return optree.tree_map(
-            lambda n, o: torch.where(_on(cond, n), n, o) if isinstance(n, torch.Tensor) else n,
-            new, old, none_is_leaf=True)
-    except ValueError as err:
-        raise ValueError(f"the inner transform returned a {what} whose structure differs from "
-                         f"the one it was given: {err}") from None
-
-
 def _forwarded(extra: dict[str, Any], forward_extra_args: bool) -> dict[str, Any]:
     # ``donate`` is an execution hint for transforms, not a user argument: never forwarded
     return {n: v for n, v in extra.items() if n != "donate"} if forward_extra_args else {}
@@ -97,8 +79,7 @@ def _conditional(inner: GradientTransformation, should_transform_fn: Callable[..
     def rejected(updates):
         if not mask:
             return updates
-        return optree.tree_map(lambda u: None if u is None else torch.zeros_like(u), updates,
-                               none_is_leaf=True)
+        return tree_zeros_like(updates)
 
     def run(updates, inner_state, step, params, extra):
         cond = _condition(should_transform_fn, step, _forwarded(extra, forward_extra_args))
@@ -109,13 +90,8 @@ def _conditional(inner: GradientTransformation, should_transform_fn: Callable[..
         # Both branches, merged by torch.where. The inner update must not overwrite the
         # incoming updates or its state: they are the result when the condition is false.
         new_updates, new_state = inner.update(updates, inner_state, params, **{**extra, "donate": False})
-        if mask:
-            out = optree.tree_map(
-                lambda n: None if n is None else torch.where(_on(cond, n), n, 0.0),
-                new_updates, none_is_leaf=True)
-        else:
-            out = where_tree(cond, new_updates, updates, what="updates tree")
-        return out, where_tree(cond, new_state, inner_state)
+        out = tree_where(cond, new_updates, 0.0 if mask else updates, name="updates tree")
+        return out, tree_where(cond, new_state, inner_state, name="inner state")
 
     return run
 

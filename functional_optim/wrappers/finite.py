@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import optree
 import torch
 
+from .. import kernels as k
 from .. import steps
 from ..base import GradientTransformation
-from ..tree import describe, leaves
-from ..tree import map as tree_map
+from ..tree import all_finite as tree_all_finite
+from ..tree import select
+from ..tree import where as tree_where
 
-__all__ = ["ApplyIfFiniteState", "apply_if_finite", "all_finite", "select_tree"]
+__all__ = ["ApplyIfFiniteState", "apply_if_finite", "all_finite", "select_tree", "zeros_where_not"]
 
 
 class ApplyIfFiniteState(NamedTuple):
@@ -26,7 +27,7 @@ class ApplyIfFiniteState(NamedTuple):
 
 def all_finite(tree: Any) -> torch.Tensor:
     """A 0-d bool tensor: True when no leaf of ``tree`` holds a NaN or an Inf (None leaves
-    are skipped; True for a tree without tensors). No host sync.
+    are skipped; True for a tree without tensors). No host sync. (``fo.tree.all_finite``.)
 
     Example:
       >>> import torch
@@ -34,27 +35,12 @@ def all_finite(tree: Any) -> torch.Tensor:
       >>> all_finite({"a": torch.ones(2), "b": None}), all_finite([torch.tensor([1.0, float("nan")])])
       (tensor(True), tensor(False))
     """
-    xs = leaves(tree)
-    if not xs:
-        return torch.tensor(True)
-    flags = [torch.isfinite(x).all() for x in xs]
-    devices = {f.device for f in flags}
-    if len(devices) > 1:
-        flags = [f.cpu() for f in flags]
-    return torch.stack(flags).all()
+    return tree_all_finite(tree)
 
 
 def select_tree(cond: torch.Tensor, new: Any, old: Any, *, name: str = "inner state") -> Any:
-    """``torch.where(cond, new, old)`` leaf by leaf over two trees of the same structure.
-
-    Where ``cond`` is False the result holds ``old``'s values bit for bit (NaN or Inf in
-    ``new`` do not leak). Leaves that are not tensors must be equal in both trees.
-
-    Args:
-      cond: a 0-d bool tensor.
-      new: the tree to take where ``cond`` is True.
-      old: the tree to keep where it is False.
-      name: what the trees are, for error messages.
+    """``torch.where(cond, new, old)`` leaf by leaf over two trees of the same structure
+    (``fo.tree.where``): where ``cond`` is False the result holds ``old`` bit for bit.
 
     Example:
       >>> import torch
@@ -62,38 +48,14 @@ def select_tree(cond: torch.Tensor, new: Any, old: Any, *, name: str = "inner st
       >>> select_tree(torch.tensor(False), {"m": torch.tensor([float("nan")])}, {"m": torch.zeros(1)})
       {'m': tensor([0.])}
     """
-    new_leaves, spec = optree.tree_flatten(new, none_is_leaf=True)
-    old_leaves, old_spec = optree.tree_flatten(old, none_is_leaf=True)
-    if spec != old_spec:
-        raise ValueError(f"the {name} changed structure during the update: {describe(old_spec)} "
-                         f"became {describe(spec)}")
-    out = []
-    for n, o in zip(new_leaves, old_leaves):
-        if isinstance(n, torch.Tensor) and isinstance(o, torch.Tensor):
-            c = cond if cond.device == n.device else cond.to(n.device)
-            out.append(torch.where(c, n, o))
-        elif n is o or (not isinstance(n, torch.Tensor) and not isinstance(o, torch.Tensor) and n == o):
-            out.append(o)
-        else:
-            raise TypeError(f"the {name} has a leaf that is not a tensor and changed during the update "
-                            f"({o!r} -> {n!r}); it cannot be selected without a host sync")
-    return optree.tree_unflatten(spec, out)
+    return tree_where(cond, new, old, name=name)
 
 
-def _zeros_where_not(cond: torch.Tensor, updates: Any, out: Any = None) -> Any:
-    # ``u`` where cond, else zeros of ``u``'s dtype (NaN/Inf in ``u`` do not leak); written
-    # into the leaves of ``out`` (donated buffers of the same shape and dtype) when given
-    if out is None:
-        return tree_map(lambda u: torch.where(cond, u, u.new_zeros(())), updates)
-    return optree.tree_map(
-        lambda u, o: None if u is None else (
-            torch.where(cond, u, u.new_zeros(()), out=o) if _fits(o, u) else torch.where(cond, u, u.new_zeros(()))),
-        updates, out, none_is_leaf=True)
-
-
-def _fits(buffer: Any, like: torch.Tensor) -> bool:
-    return (isinstance(buffer, torch.Tensor) and buffer is not like and not buffer.is_sparse
-            and buffer.shape == like.shape and buffer.dtype == like.dtype and buffer.device == like.device)
+def zeros_where_not(cond: torch.Tensor, updates: Any, out: Any = None) -> Any:
+    """``u`` where ``cond`` else zeros of ``u``'s dtype, leaf by leaf (NaN or Inf in ``u``
+    do not leak), written into the matching leaves of ``out`` (donated buffers) when given."""
+    sel = select(updates) if out is None else select(updates, out=out)
+    return sel.rebuild(k.where(cond, sel.updates, 0.0, out=None if out is None else sel["out"]))
 
 
 def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) -> GradientTransformation:
@@ -147,12 +109,12 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
             raise ValueError("state must be an ApplyIfFiniteState (made by this transform's init), "
                              f"got {type(state).__name__}")
         donate = bool(extra.pop("donate", False))
-        finite = all_finite(updates).to(state.notfinite_count.device)
+        finite = tree_all_finite(updates).to(state.notfinite_count.device)
         notfinite_count = torch.where(finite, 0, state.notfinite_count + 1).to(steps.COUNT_DTYPE)
         apply = finite | (notfinite_count > max_consecutive_errors)
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
         inner_state = select_tree(apply, new_inner, state.inner_state)
-        out = _zeros_where_not(apply, new_updates, updates if donate else None)
+        out = zeros_where_not(apply, new_updates, updates if donate else None)
         return out, ApplyIfFiniteState(
             notfinite_count=notfinite_count,
             last_finite=finite,

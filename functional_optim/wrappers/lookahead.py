@@ -18,7 +18,7 @@ from ..base import GradientTransformation, is_elementwise, mark_elementwise
 from ..combine import _check_transform
 from ..hyperparams import check_range
 from ..tree import PyTree, select
-from .conditional import where_tree
+from ..tree import where as tree_where
 
 __all__ = ["LookaheadState", "lookahead", "lookahead_slow_params"]
 
@@ -113,7 +113,7 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int = 6,
         sync = state.steps_since_sync == sync_period - 1  # 0-d bool: this step ends with a sync
         updates, fast_state = fast_optimizer.update(updates, state.fast_state, params, **extra)
         if reset_state:
-            fast_state = where_tree(sync, fast_optimizer.init(params), fast_state)
+            fast_state = tree_where(sync, fast_optimizer.init(params), fast_state, name="fast state")
         sel = select(updates, params=params, slow=state.slow, slow_set=state.slow_set)
         ps, us, ready = sel["params"], sel.updates, sel["slow_set"]
         fast = [(p + u).to(p.dtype) for p, u in zip(ps, us)]  # exactly what apply_updates gives
