@@ -16,6 +16,8 @@ from .aliases import adam, adamw, sgd
 from .aliases import adadelta, adagrad, adamax, rmsprop
 from .aliases import asgd, nadam, radam, rprop
 from . import linesearch
+from . import implicit
+from .implicit import custom_root, hvp, solve_cg, solve_normal_cg, stationary_point
 from .aliases import LBFGSState, lbfgs, sparse_adam
 from .base import (EmptyState, GradientTransformation, OptState, Params, Schedule, ScalarOrSchedule,
                    Updates, identity, is_elementwise, mark_elementwise, set_to_zero,
@@ -70,6 +72,7 @@ __all__ = [
     "scale_by_nadam", "scale_by_radam", "scale_by_asgd", "scale_by_rprop",
     "ScaleByNadamState", "ScaleByAsgdState", "ScaleByRpropState",
     "nadam", "radam", "asgd", "rprop",
+    "implicit", "custom_root", "stationary_point", "hvp", "solve_cg", "solve_normal_cg",
     "linesearch", "lbfgs", "LBFGSState", "sparse_adam", "scale_by_sparse_adam",
     "ScaleBySparseAdamState", "SparseRows",
     "AddNoiseState", "NonNegativeParamsState", "ZeroNansState", "adaptive_grad_clip", "add_noise",
