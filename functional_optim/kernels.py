@@ -639,9 +639,24 @@ def norms(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> TensorList:
         return []
     real = [_real(x) for x in xs]
     dtype = dtype or _widest(real)
+    if _differentiating(real):
+        return [_vector_norm(x, None, False, dtype) for x in real]
     if use_foreach(real):
         return list(torch._foreach_norm(real, 2, dtype=dtype))
     return [torch.linalg.vector_norm(x, dtype=dtype) for x in real]
+
+
+def _vector_norm(x: Tensor, dim: Any, keepdim: bool, dtype: torch.dtype) -> Tensor:
+    # torch's vector_norm, with finite derivatives of every order where the reduced entries
+    # are all zero: torch's first derivative there is 0 but its second is 0/0 = NaN. Units
+    # that are all zero take the norm of ones instead (never 0) and return exactly 0.
+    if not _differentiating([x]):
+        return torch.linalg.vector_norm(x, dim=dim, keepdim=keepdim, dtype=dtype)
+    zero = (x == 0).all() if dim is None else (x == 0).all(dim=dim, keepdim=True)
+    safe = torch.linalg.vector_norm(torch.where(zero, torch.ones_like(x), x), dim=dim, keepdim=keepdim,
+                                    dtype=dtype)
+    zero = zero if dim is None or keepdim else zero.squeeze(dim)
+    return torch.where(zero, torch.zeros_like(safe), safe)
 
 
 def _dims_for(dims: Any, i: int) -> tuple[int, ...] | None:
@@ -662,10 +677,10 @@ def unit_norms(xs: Sequence[Tensor], dims: Any, dtype: torch.dtype | None = None
         acc = dtype or torch.promote_types(x.real.dtype if x.is_complex() else x.dtype, torch.float32)
         d = tuple(a % x.dim() for a in d) if d and x.dim() else tuple(range(x.dim()))
         if x.is_complex():  # the component axis joins the reduction
-            n = torch.linalg.vector_norm(torch.view_as_real(x), dim=d + (-1,), keepdim=True, dtype=acc)
+            n = _vector_norm(torch.view_as_real(x), d + (-1,), True, acc)
             results.append(n.squeeze(-1))
         else:
-            results.append(torch.linalg.vector_norm(x, dim=d or None, keepdim=True, dtype=acc))
+            results.append(_vector_norm(x, d or None, True, acc))
     return results
 
 
@@ -684,9 +699,10 @@ def global_norm(xs: Sequence[Tensor], dtype: torch.dtype | None = None, *,
     ``squared``, ``sum_i ||x_i||^2`` (each norm squared, then summed)."""
     if not xs:
         return None
+    per_tensor = torch.stack(norms(xs, dtype))
     if squared:
-        return torch.stack(norms(xs, dtype)).square().sum()
-    return torch.linalg.vector_norm(torch.stack(norms(xs, dtype)))
+        return per_tensor.square().sum()
+    return _vector_norm(per_tensor, None, False, per_tensor.dtype)
 
 
 def norm_dtype(xs: Sequence[Tensor]) -> torch.dtype:

@@ -223,3 +223,24 @@ def test_finite_checks_and_leafwise_scalars():
     assert k.leafwise(lambda a: a, []) == []
     squared = k.global_norm([torch.tensor([3.0]), torch.tensor([4.0])], squared=True)
     assert squared.item() == 25.0
+
+
+@pytest.mark.parametrize("kind", ["norms", "unit_norms", "global_norm"])
+def test_norms_have_finite_second_derivatives_at_zero(kind):
+    # torch's own: jacrev(grad(vector_norm))(zeros) is NaN; ours is finite, same values
+    def f(x):
+        if kind == "norms":
+            return k.norms([x])[0]
+        if kind == "unit_norms":
+            return k.unit_norms([x], 1)[0].sum()
+        return k.global_norm([x, torch.zeros(2, dtype=DT)])
+
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0]], dtype=DT)
+    assert torch.equal(f(x), {"norms": torch.tensor(5.0, dtype=DT), "unit_norms": torch.tensor(5.0, dtype=DT),
+                              "global_norm": torch.tensor(5.0, dtype=DT)}[kind])
+    for point in (x, torch.zeros(2, 2, dtype=DT)):
+        hess = torch.func.jacrev(torch.func.grad(f))(point)
+        assert torch.isfinite(hess).all()
+    g = torch.func.grad(f)(x)
+    assert torch.allclose(g[1], torch.tensor([0.6, 0.8], dtype=DT), rtol=1e-15)
+    assert torch.equal(torch.func.grad(f)(torch.zeros(2, 2, dtype=DT)), torch.zeros(2, 2, dtype=DT))
