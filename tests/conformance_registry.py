@@ -1,0 +1,484 @@
+"""The catalogue registry that drives ``tests/test_conformance.py``.
+
+Every public name of ``functional_optim`` is classified here, explicitly:
+
+* ``ENTRIES``: the names that build a :class:`~functional_optim.GradientTransformation`
+  (optimizer aliases, transforms, wrappers and combinators), each with one or more
+  :class:`Sample` constructions whose non-default options exercise its branches;
+* ``NON_TRANSFORMS``: every other export, with its kind (state type, schedule, utility,
+  module, ...).
+
+A name exported later without an entry in one of the two fails the conformance suite,
+and so does an entry naming something that is not exported.
+
+Exceptions to individual checks are listed per entry (or per sample) with the reason;
+an excepted (entry, sample, check) triple is simply not generated (no ``pytest.skip``).
+Keep them few and honest: each one says why the check does not apply.
+
+The checks (see ``test_conformance.py``): ``purity``, ``lr_grad``, ``param_grad``,
+``vmap_batch``, ``vmap_shared``, ``vmap_hypergrad``, ``second_order``, ``compile``,
+``none_leaves``, ``bf16``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import functional_optim as fo
+from functional_optim.transforms.sparse import SparseRows
+
+CHECKS = ("purity", "lr_grad", "param_grad", "vmap_batch", "vmap_shared", "vmap_hypergrad",
+          "second_order", "compile", "none_leaves", "bf16")
+
+LR = 0.05  # the learning rate of the samples built without an explicit one
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One construction of an entry.
+
+    ``make(lr)`` builds the transform with the learning rate ``lr`` (a Python float or a
+    0-d tensor: a hypergradient w.r.t. it is taken). For a pure transform that takes no
+    learning rate, ``make`` is ``chain(build(), scale_by_learning_rate(lr))``.
+    ``build()`` is the zero-arg construction the non-differentiating checks run.
+    """
+
+    name: str
+    build: Callable[[], fo.GradientTransformation]
+    make: Callable[[Any], fo.GradientTransformation]
+    exceptions: Mapping[str, str] = field(default_factory=dict)  # check -> reason
+
+
+def opt(name: str, make: Callable[[Any], fo.GradientTransformation], **exceptions: str) -> Sample:
+    """A sample that takes the learning rate itself (an alias, or a wrapper around one)."""
+    return Sample(name, lambda: make(LR), make, dict(exceptions))
+
+
+def tx(name: str, build: Callable[[], fo.GradientTransformation], *, last: bool = False,
+       **exceptions: str) -> Sample:
+    """A sample of a transform without a learning rate: ``make`` chains it with
+    ``scale_by_learning_rate(lr)`` (after it; before it when ``last``, for transforms that
+    must see the final update, e.g. ``keep_params_nonnegative``)."""
+    if last:
+        def make(lr):
+            return fo.chain(fo.scale_by_learning_rate(lr), build())
+    else:
+        def make(lr):
+            return fo.chain(build(), fo.scale_by_learning_rate(lr))
+    return Sample(name, build, make, dict(exceptions))
+
+
+def all_rows(g: Any) -> Any:
+    """A dense gradient as :class:`SparseRows` touching every row (indices 0..n-1).
+
+    ``sparse_adam`` refuses dense gradients (as torch's SparseAdam); the ``SparseRows``
+    form is its dense-tensor, compilable, ``torch.func``-able form. Touching every row
+    makes the sparse update equal a dense Adam-like one over all rows.
+    """
+    if g is None:
+        return None
+    if g.dim() == 0:
+        raise ValueError("SparseRows needs a param with rows")
+    idx = torch.arange(g.shape[0], device=g.device)
+    return SparseRows(idx, g)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A public name that builds GradientTransformations, and how the checks run it."""
+
+    name: str  # the name exported by functional_optim
+    kind: str  # "alias" | "transform" | "wrapper"
+    samples: tuple[Sample, ...]
+    exceptions: Mapping[str, str] = field(default_factory=dict)  # check -> reason (all samples)
+    # dense gradient tree -> the form ``update`` takes (e.g. SparseRows for sparse_adam)
+    grad_form: Callable[[Any], Any] | None = None
+    # (params, loss_fn) -> extra keyword arguments of ``update`` (e.g. lbfgs's value/value_fn)
+    extras: Callable[[Any, Callable[[Any], torch.Tensor]], dict] | None = None
+    # set (to the reason) when the update is a difference of params, p_new - p, computed in
+    # the params' dtype: the bf16 check then allows one bf16 ulp of the param on top
+    bf16_update_from_params: str | None = None
+
+    def exception(self, sample: Sample, check: str) -> str | None:
+        return sample.exceptions.get(check) or self.exceptions.get(check)
+
+
+_LBFGS_HOST = ("reads loss/gradient values on the host (.item(), float(lr)) and branches on them "
+               "like torch.optim.LBFGS, and calls value_fn a data-dependent number of times; "
+               "documented as exempt from the torch.compile and vmap contracts")
+_LBFGS_NO_GRAD = ("not differentiable by design: lr is read with float(lr) and value_fn is "
+                  "re-evaluated on fresh detached leaves with torch.autograd.grad (torch's closure "
+                  "protocol), so no derivative flows through the step")
+
+
+_ASGD_BF16 = ("returns p_new - p with p_new = p * (1 - lambd * eta) - eta * g computed in the "
+              "param dtype (torch's in-place bf16 step rounds p_new the same way), so a bf16 "
+              "update carries up to one bf16 ulp of the param (|p| * 2**-8)")
+_ASGD_F32 = ("eta (which carries lr) is rounded to torch's scalar dtype, float32 under the "
+             "default dtype, every step, as torch.optim.ASGD's 0-d state tensors: lr +- 1e-6 is "
+             "quantised to float32's spacing 3.7e-9 at 0.05, a 0.4% error in the finite "
+             "difference; test_asgd_lr_hypergradient_with_float64_scalars checks it with float64 "
+             "scalars (default dtype float64, documented)")
+
+
+def _lbfgs_extras(params: Any, loss_fn: Callable[[Any], torch.Tensor]) -> dict:
+    return {"value": loss_fn(params).detach(), "value_fn": loss_fn}
+
+
+# Masks and labels are functions of the tree (not literal {"w": ..., "b": ...} trees) so
+# that the none_leaves check can run the same sample on the tree without "b".
+def _w_mask(params: Any) -> Any:
+    return {k: k == "w" for k in params}
+
+
+def _b_mask(params: Any) -> Any:
+    return {k: k == "b" for k in params}
+
+
+ENTRIES: tuple[Entry, ...] = (
+    # ---- optimizer aliases (torch.optim names and defaults) -------------------------
+    Entry("sgd", "alias", (
+        opt("plain", lambda lr: fo.sgd(lr)),
+        opt("momentum_nesterov_wd", lambda lr: fo.sgd(lr, momentum=0.9, nesterov=True, weight_decay=0.01)),
+        opt("momentum_dampening_maximize", lambda lr: fo.sgd(lr, momentum=0.8, dampening=0.3, maximize=True)),
+    )),
+    Entry("adam", "alias", (
+        opt("default", lambda lr: fo.adam(lr)),
+        opt("amsgrad_wd", lambda lr: fo.adam(lr, betas=(0.8, 0.99), weight_decay=0.01, amsgrad=True)),
+        opt("maximize_decoupled", lambda lr: fo.adam(lr, weight_decay=0.1, maximize=True,
+                                                     decoupled_weight_decay=True)),
+    )),
+    Entry("adamw", "alias", (
+        opt("default", lambda lr: fo.adamw(lr)),
+        opt("amsgrad", lambda lr: fo.adamw(lr, betas=(0.85, 0.995), weight_decay=0.05, amsgrad=True)),
+    )),
+    Entry("rmsprop", "alias", (
+        opt("default", lambda lr: fo.rmsprop(lr)),
+        opt("centered_momentum_wd", lambda lr: fo.rmsprop(lr, alpha=0.9, weight_decay=0.01, momentum=0.9,
+                                                          centered=True)),
+        opt("maximize", lambda lr: fo.rmsprop(lr, momentum=0.5, maximize=True)),
+    )),
+    Entry("adagrad", "alias", (
+        opt("default", lambda lr: fo.adagrad(lr)),
+        opt("decay_wd_init", lambda lr: fo.adagrad(lr, lr_decay=0.1, weight_decay=0.01,
+                                                   initial_accumulator_value=0.1, maximize=True)),
+    )),
+    Entry("adadelta", "alias", (
+        opt("default", lambda lr: fo.adadelta(lr)),
+        opt("rho_wd_maximize", lambda lr: fo.adadelta(lr, rho=0.8, eps=1e-5, weight_decay=0.01, maximize=True)),
+    )),
+    Entry("adamax", "alias", (
+        opt("default", lambda lr: fo.adamax(lr)),
+        opt("wd_maximize", lambda lr: fo.adamax(lr, betas=(0.8, 0.99), weight_decay=0.01, maximize=True)),
+    )),
+    Entry("nadam", "alias", (
+        opt("default", lambda lr: fo.nadam(lr)),
+        opt("decoupled_wd", lambda lr: fo.nadam(lr, weight_decay=0.05, momentum_decay=0.01,
+                                                decoupled_weight_decay=True)),
+        opt("wd_maximize", lambda lr: fo.nadam(lr, weight_decay=0.01, maximize=True)),
+    )),
+    Entry("radam", "alias", (
+        # rho_t > 5 only from step 6 with b2=0.999; b2=0.9 crosses it at step 2 (both branches in K=3)
+        opt("rectified_early", lambda lr: fo.radam(lr, betas=(0.9, 0.9))),
+        opt("decoupled_wd", lambda lr: fo.radam(lr, betas=(0.8, 0.9), weight_decay=0.05,
+                                                decoupled_weight_decay=True)),
+        opt("wd_maximize", lambda lr: fo.radam(lr, weight_decay=0.01, maximize=True)),
+    )),
+    Entry("asgd", "alias", (
+        opt("default", lambda lr: fo.asgd(lr)),
+        # t0=1: the averaging (mu < 1) starts within the K steps
+        opt("averaging_wd", lambda lr: fo.asgd(lr, lambd=0.01, alpha=0.5, t0=1.0, weight_decay=0.01)),
+    ), exceptions={"lr_grad": _ASGD_F32}, bf16_update_from_params=_ASGD_BF16),
+    Entry("rprop", "alias", (
+        opt("default", lambda lr: fo.rprop(lr)),
+        opt("tight_steps_maximize", lambda lr: fo.rprop(lr, etas=(0.3, 1.5), step_sizes=(1e-3, 0.07),
+                                                        maximize=True)),
+    )),
+    Entry("sparse_adam", "alias", (
+        opt("default", lambda lr: fo.sparse_adam(lr)),
+        opt("betas_maximize", lambda lr: fo.sparse_adam(lr, betas=(0.8, 0.99), eps=1e-6, maximize=True)),
+    ), grad_form=all_rows),
+    Entry("lbfgs", "alias", (
+        opt("fixed_step", lambda lr: fo.lbfgs(10 * lr, max_iter=3, history_size=2)),
+        opt("strong_wolfe", lambda lr: fo.lbfgs(20 * lr, max_iter=4, history_size=3, line_search_fn="strong_wolfe")),
+    ), exceptions={
+        "lr_grad": _LBFGS_NO_GRAD, "param_grad": _LBFGS_NO_GRAD, "vmap_hypergrad": _LBFGS_NO_GRAD,
+        "second_order": _LBFGS_NO_GRAD,
+        "vmap_batch": _LBFGS_HOST, "vmap_shared": _LBFGS_HOST, "compile": _LBFGS_HOST,
+        "bf16": ("bit-identical to torch.optim.LBFGS in bf16 (test_lbfgs_bf16_matches_torch checks "
+                 "that and the bf16 dtype), but not close to the float32 run: the quasi-Newton "
+                 "iterations re-evaluate bf16 gradients and difference them (y = g_new - g_old), "
+                 "which amplifies bf16 rounding to ~10% of the step, in torch's algorithm too"),
+        "none_leaves": ("torch.optim.LBFGS semantics: a None gradient counts as zeros and the "
+                        "step couples all params through one flat vector, so a None leaf gets a "
+                        "(non-None) update and removing it changes the others"),
+    }, extras=_lbfgs_extras),
+
+    # ---- transforms ---------------------------------------------------------------
+    Entry("identity", "transform", (tx("identity", fo.identity),)),
+    Entry("set_to_zero", "transform", (tx("set_to_zero", fo.set_to_zero),)),
+    Entry("stateless", "transform", (
+        tx("halve_plus_decay", lambda: fo.stateless(
+            lambda u, p: fo.tree.add_scale(fo.tree.scale(u, 0.5), 0.01, p) if p is not None
+            else fo.tree.scale(u, 0.5))),
+    )),
+    Entry("scale", "transform", (
+        tx("float", lambda: fo.scale(-0.5)),
+        tx("tensor", lambda: fo.scale(torch.tensor(0.25, dtype=torch.float64))),
+    )),
+    Entry("scale_by_learning_rate", "transform", (
+        opt("constant", lambda lr: fo.scale_by_learning_rate(lr)),
+        opt("schedule_no_flip", lambda lr: fo.chain(
+            fo.scale_by_learning_rate(fo.linear_schedule(1.0, 0.5, 4), flip_sign=False),
+            fo.scale_by_learning_rate(lr))),
+    )),
+    Entry("scale_by_schedule", "transform", (
+        tx("cosine", lambda: fo.scale_by_schedule(fo.cosine_decay_schedule(1.0, 5, alpha=0.1))),
+        tx("warmup_exp", lambda: fo.scale_by_schedule(
+            fo.warmup_exponential_decay_schedule(0.1, 1.0, 2, 3, 0.5))),
+    )),
+    Entry("scale_by_sign", "transform", (tx("sign", fo.scale_by_sign),)),
+    Entry("add_decayed_weights", "transform", (
+        tx("all", lambda: fo.add_decayed_weights(0.1)),
+        tx("masked", lambda: fo.add_decayed_weights(0.1, mask=_w_mask)),
+    )),
+    Entry("clip", "transform", (tx("clip", lambda: fo.clip(0.3)),)),
+    Entry("clip_by_global_norm", "transform", (tx("clip", lambda: fo.clip_by_global_norm(0.5)),)),
+    Entry("trace", "transform", (
+        tx("heavy_ball", lambda: fo.trace(0.9)),
+        tx("nesterov_dampening", lambda: fo.trace(0.8, nesterov=True, dampening=0.2)),
+    )),
+    Entry("ema", "transform", (
+        tx("debiased", lambda: fo.ema(0.9)),
+        tx("raw", lambda: fo.ema(0.8, debias=False)),
+    )),
+    Entry("scale_by_adam", "transform", (
+        tx("default", fo.scale_by_adam),
+        tx("eps_root_nesterov", lambda: fo.scale_by_adam(b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-8,
+                                                         nesterov=True)),
+    )),
+    Entry("scale_by_rms", "transform", (
+        tx("default", fo.scale_by_rms),
+        # centered + bias_correction: eps inside the root (with eps outside, the first step's
+        # centered moment is exactly 0 up to rounding: u = g / eps, or NaN when it rounds < 0)
+        # (and with eps inside, the first step is g / sqrt(eps): eps=1 keeps it a sane step,
+        # and the bf16 cancellation in nu - mu**2, a few % of g**2, small next to it)
+        tx("centered_bias_corrected", lambda: fo.scale_by_rms(0.9, eps=1.0, bias_correction=True,
+                                                              centered=True)),
+        tx("torch_eps_init_scale", lambda: fo.scale_by_rms(0.8, eps=1e-6, initial_scale=0.5,
+                                                           eps_in_sqrt=False)),
+    )),
+    Entry("scale_by_stddev", "transform", (
+        tx("default", lambda: fo.scale_by_stddev(eps=1e-6)),
+        tx("init_scale", lambda: fo.scale_by_stddev(0.8, eps=1e-6, initial_scale=1.0, eps_in_sqrt=False)),
+    )),
+    Entry("scale_by_rss", "transform", (
+        tx("default", fo.scale_by_rss),
+        tx("torch_style", lambda: fo.scale_by_rss(0.0, eps=1e-10, eps_in_sqrt=False, lr_decay=0.1)),
+    )),
+    Entry("scale_by_adadelta", "transform", (tx("default", lambda: fo.scale_by_adadelta(0.8, eps=1e-5)),)),
+    Entry("scale_by_adamax", "transform", (tx("default", lambda: fo.scale_by_adamax(0.8, 0.99)),)),
+    Entry("scale_by_nadam", "transform", (tx("default", lambda: fo.scale_by_nadam(momentum_decay=0.01)),)),
+    Entry("scale_by_radam", "transform", (
+        tx("rectified_early", lambda: fo.scale_by_radam(b2=0.9)),
+        tx("nesterov_threshold", lambda: fo.scale_by_radam(b1=0.8, b2=0.9, threshold=3.0, nesterov=True)),
+    )),
+    Entry("scale_by_asgd", "transform", (
+        # it returns p_new - p (the step size included) and must come last: lr is its own
+        opt("t0_1", lambda lr: fo.scale_by_asgd(lr, lambd=0.01, alpha=0.5, t0=1.0)),
+    ), exceptions={"lr_grad": _ASGD_F32}, bf16_update_from_params=_ASGD_BF16),
+    Entry("scale_by_rprop", "transform", (
+        # lr is its initial step size; the output points along the gradient (negated to descend)
+        opt("descend", lambda lr: fo.chain(fo.scale_by_rprop(lr, 0.4, 1.3, 1e-3, 0.08), fo.scale(-1.0))),
+    )),
+    Entry("scale_by_sparse_adam", "transform", (
+        tx("default", lambda: fo.scale_by_sparse_adam(0.8, 0.99, 1e-6)),
+    ), grad_form=all_rows),
+    Entry("adaptive_grad_clip", "transform", (
+        tx("unitwise", lambda: fo.adaptive_grad_clip(0.05)),
+        tx("axis0", lambda: fo.adaptive_grad_clip(0.1, eps=1e-2, axis=0)),
+    )),
+    Entry("add_noise", "transform", (
+        tx("seeded", lambda: fo.add_noise(0.01, 0.55, key=3)),
+    ), exceptions={
+        "none_leaves": ("the noise stream of a leaf is keyed by its position in the full tree "
+                        "(sel.index), so dropping leaf 'b' moves 'w' from position 1 to 0 and "
+                        "gives it other noise by design; test_add_noise_none_leaf_keeps_positions "
+                        "checks the None leaf against the same tree with 'b' present instead"),
+    }),
+    Entry("centralize", "transform", (tx("centralize", fo.centralize),)),
+    Entry("clip_by_block_rms", "transform", (tx("block_rms", lambda: fo.clip_by_block_rms(0.3)),)),
+    Entry("keep_params_nonnegative", "transform", (
+        tx("nonneg", fo.keep_params_nonnegative, last=True),
+    )),
+    Entry("scale_by_trust_ratio", "transform", (
+        tx("default", fo.scale_by_trust_ratio),
+        tx("coef_eps", lambda: fo.scale_by_trust_ratio(min_norm=0.1, trust_coefficient=0.5, eps=1e-3)),
+    )),
+    Entry("zero_nans", "transform", (tx("zero_nans", fo.zero_nans),)),
+
+    # ---- combinators and wrappers --------------------------------------------------
+    Entry("chain", "wrapper", (
+        opt("clip_adam_wd", lambda lr: fo.chain(fo.clip_by_global_norm(1.0), fo.scale_by_adam(),
+                                                fo.add_decayed_weights(0.01), fo.scale_by_learning_rate(lr))),
+    )),
+    Entry("named_chain", "wrapper", (
+        opt("clip_sgd", lambda lr: fo.named_chain(("clip", fo.clip(0.5)),
+                                                  ("sgd", fo.sgd(lr, momentum=0.9)))),
+    )),
+    Entry("masked", "wrapper", (
+        tx("adam_on_w", lambda: fo.masked(fo.scale_by_adam(), _w_mask)),
+        tx("glob_trace", lambda: fo.masked(fo.trace(0.9), fo.mask_by_name("b", allow_unmatched=True))),
+    )),
+    Entry("freeze", "wrapper", (
+        opt("sgd_momentum_freeze_b", lambda lr: fo.chain(fo.sgd(lr, momentum=0.9),
+                                                         fo.freeze(_b_mask))),
+    )),
+    Entry("partition", "wrapper", (
+        opt("adam_sgd", lambda lr: fo.partition({"a": fo.adam(lr), "s": fo.sgd(lr, momentum=0.9)},
+                                                lambda p: {k: "a" if k == "w" else "s" for k in p})),
+    )),
+    Entry("multi_transform", "wrapper", (
+        opt("by_name", lambda lr: fo.multi_transform(
+            {"decay": fo.adamw(lr, weight_decay=0.1), "plain": fo.rmsprop(lr, momentum=0.5)},
+            fo.label_by_name([("w", "decay")], default="plain"))),
+    )),
+    Entry("selective_transform", "wrapper", (
+        opt("adam_freeze_b", lambda lr: fo.selective_transform(fo.adam(lr), freeze_mask=_b_mask)),
+    )),
+    Entry("inject_hyperparams", "wrapper", (
+        opt("adam_f64", lambda lr: fo.inject_hyperparams(fo.adam, hyperparam_dtype=torch.float64)(
+            lr=lr, betas=(0.85, 0.99), weight_decay=0.01)),
+        opt("sgd_f32_schedule", lambda lr: fo.inject_hyperparams(fo.sgd)(
+            lr=lr, momentum=0.9, weight_decay=fo.linear_schedule(0.0, 0.1, 3)),
+            lr_grad=("hyperparameters are stored in float32 by default (documented; optax #1414 "
+                     "rationale): lr +- 1e-6 is quantised to float32's spacing 3.7e-9 at 0.05, a "
+                     "0.4% error in the finite difference; the float64 sample adam_f64 checks "
+                     "the hypergradient")),
+    )),
+    Entry("MultiSteps", "wrapper", (
+        opt("adam_k2", lambda lr: fo.MultiSteps(fo.adam(lr), every_k_schedule=2).gradient_transformation()),
+        opt("sgd_k2_sum_skip", lambda lr: fo.MultiSteps(
+            fo.sgd(lr, momentum=0.9), 2, use_grad_mean=False,
+            should_skip_update_fn=fo.skip_not_finite).gradient_transformation()),
+        opt("rms_schedule_skip_large", lambda lr: fo.MultiSteps(
+            fo.rmsprop(lr), lambda step: 1 + (step >= 1).to(torch.int32),
+            should_skip_update_fn=functools.partial(fo.skip_large_updates, max_squared_norm=1e6),
+            ).gradient_transformation()),
+    )),
+    Entry("apply_if_finite", "wrapper", (
+        opt("adam", lambda lr: fo.apply_if_finite(fo.adam(lr, amsgrad=True), max_consecutive_errors=2)),
+    )),
+    Entry("conditionally_transform", "wrapper", (
+        tx("adam_from_step1", lambda: fo.conditionally_transform(fo.scale_by_adam(), lambda step: step >= 1)),
+    )),
+    Entry("conditionally_mask", "wrapper", (
+        opt("sgd_odd_steps", lambda lr: fo.conditionally_mask(fo.sgd(lr, momentum=0.9),
+                                                              lambda step: step % 2 == 0)),
+    )),
+    Entry("lookahead", "wrapper", (
+        opt("sgd_momentum", lambda lr: fo.lookahead(fo.sgd(lr, momentum=0.9), sync_period=2, slow_step_size=0.5)),
+        opt("adam_reset_first_sync", lambda lr: fo.lookahead(fo.adam(lr), sync_period=2, slow_step_size=0.3,
+                                                             reset_state=True, slow_init="first_sync")),
+    ), bf16_update_from_params=("at a sync step the update is target - p (lerp of slow and fast "
+                                "weights minus the params), computed in the param dtype: a bf16 "
+                                "update carries up to one bf16 ulp of the param (|p| * 2**-8)")),
+    Entry("param_ema", "wrapper", (
+        opt("debias", lambda lr: fo.chain(fo.sgd(lr, momentum=0.9), fo.param_ema(0.9, debias=True))),
+        opt("warmup_after1", lambda lr: fo.chain(fo.adam(lr), fo.param_ema(0.95, use_warmup=True,
+                                                                           update_after_step=1))),
+    )),
+    Entry("snapshot", "wrapper", (
+        opt("grad_norm", lambda lr: fo.chain(fo.snapshot("grad_norm", fo.tree.global_norm),
+                                             fo.clip_by_global_norm(1.0), fo.sgd(lr, momentum=0.9))),
+    )),
+    Entry("monitor", "wrapper", (
+        opt("norms", lambda lr: fo.chain(fo.monitor({"norm": fo.tree.global_norm,
+                                                     "max": lambda u: fo.tree.norm(u, ord="inf")}),
+                                         fo.adam(lr))),
+    )),
+    Entry("measure_with_ema", "wrapper", (
+        # its output is a measurement, not an update: it is run the way it is meant to be, in monitor
+        opt("in_monitor", lambda lr: fo.chain(
+            fo.monitor({"ema": fo.measure_with_ema(fo.tree.global_norm, 0.9)}), fo.sgd(lr, momentum=0.5))),
+    )),
+)
+
+
+# ---- every other export, with its kind ------------------------------------------
+_STATE = "state"  # a NamedTuple (or other) type held in optimizer state
+_SCHEDULE = "schedule"  # a schedule factory: returns count -> value
+_UTILITY = "utility"  # a function that is not a transform factory
+_MODULE = "module"  # a submodule
+_TYPE = "type"  # a class or typing alias used in signatures
+_DATA = "data"  # a data type passed through update (not state)
+_MARKER = "marker"  # takes a transform and returns that same transform, annotated
+
+NON_TRANSFORMS: Mapping[str, str] = {
+    # submodules (those in __all__ and those merely visible as attributes)
+    "kernels": _MODULE, "tree": _MODULE, "linesearch": _MODULE, "wrappers": _MODULE,
+    "aliases": _MODULE, "base": _MODULE, "combine": _MODULE, "hyperparams": _MODULE,
+    "schedules": _MODULE, "steps": _MODULE, "transforms": _MODULE, "updates": _MODULE,
+    # types and typing aliases
+    "GradientTransformation": _TYPE, "Params": _TYPE, "Updates": _TYPE, "OptState": _TYPE,
+    "Schedule": _TYPE, "ScalarOrSchedule": _TYPE,
+    "SparseRows": _DATA,
+    # state types
+    "EmptyState": _STATE, "ScaleByScheduleState": _STATE, "ClipByGlobalNormState": _STATE,
+    "TraceState": _STATE, "EmaState": _STATE, "ScaleByAdamState": _STATE, "ScaleByRmsState": _STATE,
+    "ScaleByRssState": _STATE, "ScaleByAdaDeltaState": _STATE, "ScaleByAdamaxState": _STATE,
+    "ScaleByNadamState": _STATE, "ScaleByAsgdState": _STATE, "ScaleByRpropState": _STATE,
+    "LBFGSState": _STATE, "ScaleBySparseAdamState": _STATE, "AddNoiseState": _STATE,
+    "NonNegativeParamsState": _STATE, "ZeroNansState": _STATE, "ApplyIfFiniteState": _STATE,
+    "ConditionallyMaskState": _STATE, "ConditionallyTransformState": _STATE,
+    "InjectHyperparamsState": _STATE, "LookaheadState": _STATE, "MaskedState": _STATE,
+    "MonitorState": _STATE, "MultiStepsState": _STATE, "MultiTransformState": _STATE,
+    "ParamEmaState": _STATE, "PartitionState": _STATE, "SnapshotState": _STATE,
+    # utilities
+    "apply_updates": _UTILITY, "apply_updates_": _UTILITY, "mark_elementwise": _MARKER,
+    "is_elementwise": _UTILITY, "leaf_names": _UTILITY, "mask_by_name": _UTILITY,
+    "label_by_name": _UTILITY, "ema_params": _UTILITY, "lookahead_slow_params": _UTILITY,
+    "skip_not_finite": _UTILITY, "skip_large_updates": _UTILITY,
+    # implicit differentiation (functional_optim.implicit): solvers and decorators, no transforms
+    "implicit": _MODULE, "custom_root": _UTILITY, "stationary_point": _UTILITY, "hvp": _UTILITY,
+    "solve_cg": _UTILITY, "solve_normal_cg": _UTILITY,
+    # schedules
+    "constant_schedule": _SCHEDULE, "linear_schedule": _SCHEDULE, "polynomial_schedule": _SCHEDULE,
+    "exponential_decay": _SCHEDULE, "piecewise_constant_schedule": _SCHEDULE,
+    "piecewise_interpolate_schedule": _SCHEDULE, "cosine_decay_schedule": _SCHEDULE,
+    "warmup_cosine_decay_schedule": _SCHEDULE, "sgdr_schedule": _SCHEDULE,
+    "warmup_constant_schedule": _SCHEDULE, "warmup_exponential_decay_schedule": _SCHEDULE,
+    "linear_onecycle_schedule": _SCHEDULE, "cosine_onecycle_schedule": _SCHEDULE,
+    "join_schedules": _SCHEDULE, "warmup_cosine_schedule": _SCHEDULE,
+    "linear_range_schedule": _SCHEDULE, "exponential_range_schedule": _SCHEDULE,
+}
+
+
+def public_names() -> set[str]:
+    """``fo.__all__`` and every public attribute of the package."""
+    return set(fo.__all__) | {n for n in dir(fo) if not n.startswith("_")}
+
+
+# Checks that run one sample per entry (the last one listed, which has the most non-default
+# options), to keep the suite fast: dynamo's tracing of one update costs 0.5-6 s here.
+ONE_SAMPLE_PER_ENTRY = ("compile",)
+
+
+def cases(check: str) -> list[tuple[Entry, Sample]]:
+    """The (entry, sample) pairs a check runs: all of them but the listed exceptions
+    (the last non-excepted sample of each entry for the ONE_SAMPLE_PER_ENTRY checks)."""
+    out = []
+    for e in ENTRIES:
+        kept = [(e, s) for s in e.samples if e.exception(s, check) is None]
+        out.extend(kept[-1:] if check in ONE_SAMPLE_PER_ENTRY else kept)
+    return out
+
+
+def case_id(case: tuple[Entry, Sample]) -> str:
+    e, s = case
+    return f"{e.name}-{s.name}"
