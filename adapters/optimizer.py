@@ -128,7 +128,7 @@ class _Group:
         if self.flat is not None:
             present = self.flat.gather_grads(params)
             if all(present):
-                return self.flat_step(extra)
+                return self.flat_step(group, extra)
             if not any(present):
                 return None
             self.to_leaf_mode(params)
@@ -139,7 +139,7 @@ class _Group:
         if all(g is None for g in grads):
             return None  # as torch: a group without gradients is left alone
         if self.opt._compile:
-            return self.compiled_leaf_step(params, grads, extra)
+            return self.compiled_leaf_step(group, grads, extra)
         return self.eager_step(group, grads, extra)
 
     def eager_transform(self, group: dict[str, Any]) -> fo.GradientTransformation:
@@ -185,16 +185,23 @@ class _Group:
             out[i] = self.work[i]
         return out
 
-    def flat_step(self, extra: dict[str, Any]) -> None:
+    def flat_step(self, group: dict[str, Any], extra: dict[str, Any]) -> None:
         buckets = self.flat.buckets
-        if self.compiled is None:
-            self.compiled = _compile_step(self.tx)
-        self.compiled([b.params for b in buckets], [b.grads for b in buckets], self.state, extra)
+        self.traced_or_compiled_step(group, [b.params for b in buckets], [b.grads for b in buckets], extra)
 
-    def compiled_leaf_step(self, params: list[torch.Tensor], grads: list, extra: dict[str, Any]) -> None:
+    def compiled_leaf_step(self, group: dict[str, Any], grads: list, extra: dict[str, Any]) -> None:
+        self.traced_or_compiled_step(group, list(group["params"]), grads, extra)
+
+    def traced_or_compiled_step(self, group: dict[str, Any], params: list, grads: list,
+                                extra: dict[str, Any]) -> None:
+        if torch.compiler.is_compiling():
+            # inside a user's torch.compile: our hyperparameter tensors are not refreshed
+            # there (the refresh is host code the graph does not replay), so the transform
+            # reads the group's own values, as the eager step does under tracing
+            return _step_and_write_back(self.eager_transform(group), params, grads, self.state, extra)
         if self.compiled is None:
             self.compiled = _compile_step(self.tx)
-        self.compiled(list(params), grads, self.state, extra)
+        self.compiled(params, grads, self.state, extra)
 
 
 def _fit(value: Any, like: torch.Tensor) -> torch.Tensor:
