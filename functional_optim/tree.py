@@ -20,7 +20,7 @@ _MISSING = object()
 __all__ = [
     "Selection", "select", "map", "leaves", "add", "sub", "scale", "add_scale", "vdot",
     "norm", "global_norm", "zeros_like", "ones_like", "full_like", "cast", "get",
-    "get_all_with_path", "set", "describe", "where", "all_finite",
+    "get_all_with_path", "set", "describe", "where", "all_finite", "batch_dims",
 ]
 
 
@@ -235,6 +235,25 @@ def where(cond: torch.Tensor, new: PyTree, old: PyTree, *, name: str = "state") 
             raise TypeError(f"the {name} has a leaf that is not a tensor and changed during the update "
                             f"({o!r} -> {n!r}); it cannot be selected without a host sync")
     return optree.tree_unflatten(spec, out)
+
+
+def batch_dims(tree: PyTree, dim: int = 0) -> PyTree:
+    """``torch.func.vmap`` dims for a batched tree: ``dim`` at each tensor, None elsewhere.
+
+    torch's ``vmap`` takes a ``None`` in its inputs or outputs as a leaf and refuses to
+    batch it, while states here hold None for leaves without a gradient and for unused
+    fields (``ScaleByAdamState.nu_max`` without amsgrad). Pass this tree as ``in_dims`` /
+    ``out_dims`` for params, gradients and states batched along ``dim``.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> tx = fo.scale_by_adam()
+      >>> params = {"w": torch.zeros(4, 3)}  # 4 problems of 3 weights
+      >>> state = torch.func.vmap(tx.init, out_dims=fo.tree.batch_dims(tx.init({"w": torch.zeros(3)})))(params)
+      >>> state.mu["w"].shape, state.nu_max
+      (torch.Size([4, 3]), None)
+    """
+    return optree.tree_map(lambda x: dim if isinstance(x, torch.Tensor) else None, tree, none_is_leaf=True)
 
 
 def global_norm(tree: PyTree) -> torch.Tensor:

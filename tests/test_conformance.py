@@ -149,7 +149,7 @@ def _dims(tree):
     Needed because several states hold None fields (e.g. ScaleByRmsState.mu without
     ``centered``, ScaleByAsgdState.schedule_count without a schedule), which torch's vmap
     refuses with the default ``in_dims=0`` / ``out_dims=0``."""
-    return optree.tree_map(lambda x: 0 if isinstance(x, torch.Tensor) else None, tree, none_is_leaf=True)
+    return fo.tree.batch_dims(tree)
 
 
 # ---------------------------------------------------------------------------------------
