@@ -10,10 +10,9 @@ Three parts, all in one run:
    never recompiles: the compiled step reads the lr from a tensor the adapter refreshes
    before every step.
 
-   The optimizer step deliberately stays *outside* the user's compiled region: with
-   ``compile=True``, a step traced inside a user's ``torch.compile`` does not see LR
-   scheduler changes (known issue 10). Compiling forward/backward and leaving the step
-   to ``compile=True`` gives a compiled step either way.
+   The optimizer step stays outside the compiled model, so its own compiled graph runs
+   as is. (Compiling the whole training step with ``torch.compile`` also works: traced
+   inside it, the step reads the group's values, so scheduler changes take effect.)
 
 2. **Parity**: the same model (eager forward/backward, so the gradients are identical)
    trained for N steps with the scheduler attached by ``compile=True``, by
@@ -92,7 +91,7 @@ def train(model: torch.nn.Module, forward: Callable, opt: torch.optim.Optimizer,
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(forward(x[i]), y[i])
         loss.backward()
-        opt.step()  # outside the compiled forward/backward: sees every scheduler change
+        opt.step()  # its own compiled graph; reads the lr the scheduler set
         sched.step()
         losses.append(loss.item())
         if step % 20 == 0:
