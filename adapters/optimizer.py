@@ -33,7 +33,7 @@ class _Group:
             self.hyper = GroupHyperparams(group, opt._names, k.scalar_dtype(params[0]), params[0].device)
         self.key, self.tx = self.build(group)
         self.flat: FlatLayout | None = None
-        if opt._compile and fo.is_elementwise(self.tx) and all(
+        if opt._compile and _flat_ok(self.tx) and all(
                 p.is_floating_point() and not p.is_sparse for p in params):
             self.flat = FlatLayout(params)
         self.state = self.tx.init(self.engine_params(params))
@@ -70,7 +70,7 @@ class _Group:
             return
         entries = self.entries(group["params"])
         self.key, self.tx = self.build(group)
-        if self.flat is not None and not fo.is_elementwise(self.tx):
+        if self.flat is not None and not _flat_ok(self.tx):
             self.flat = None
         self.state = self.state_from_entries(group["params"], entries)
         self.keep_dormant(group["params"], entries)
@@ -204,6 +204,11 @@ class _Group:
         self.compiled(params, grads, self.state, extra)
 
 
+def _flat_ok(tx: fo.GradientTransformation) -> bool:
+    """Whether ``tx`` gives the same result on flat buffers as on per-param leaves."""
+    return fo.needs(tx) <= fo.Needs.GLOBAL
+
+
 def _fit(value: Any, like: torch.Tensor) -> torch.Tensor:
     """A loaded value as a new tensor shaped, typed and placed like the template leaf."""
     value = torch.as_tensor(value)
@@ -255,7 +260,8 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         such as ``fo.adamw`` (or any function returning a transform) whose keyword
         arguments become each group's hyperparameters (``group['lr']``, ...).
       compile: run each step as one ``torch.compile``d graph (default False). Groups whose
-        transform is elementwise (``fo.is_elementwise``) and whose params are dense
+        transform needs at most global reductions (``fo.needs(tx) <= fo.Needs.GLOBAL``:
+        elementwise math, global-norm clipping, finite checks) and whose params are dense
         floating tensors are then packed per (device, dtype) into flat buffers, params and
         grads becoming views into them; ``zero_grad`` zeroes the grad buffers and keeps
         the views. The first step compiles (seconds); changing numeric hyperparameters

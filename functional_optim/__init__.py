@@ -20,7 +20,7 @@ from . import implicit
 from .implicit import custom_root, hvp, solve_cg, solve_normal_cg, stationary_point
 from .aliases import LBFGSState, lbfgs, sparse_adam
 from .base import (EmptyState, GradientTransformation, OptState, Params, Schedule, ScalarOrSchedule,
-                   Updates, identity, is_elementwise, mark_elementwise, set_to_zero,
+                   Updates, identity, is_elementwise, mark_elementwise, set_to_zero, Needs, declare, needs,
                    stateless)
 from .combine import chain, named_chain
 from .transforms import (ClipByGlobalNormState, EmaState, ScaleByAdamState, ScaleByRmsState,
@@ -58,7 +58,7 @@ __version__ = "0.1.0"
 __all__ = [
     "kernels", "tree",
     "GradientTransformation", "EmptyState", "Params", "Updates", "OptState", "Schedule",
-    "ScalarOrSchedule", "identity", "stateless", "set_to_zero", "mark_elementwise", "is_elementwise",
+    "ScalarOrSchedule", "identity", "stateless", "set_to_zero", "mark_elementwise", "is_elementwise", "Needs", "declare", "needs",
     "chain", "named_chain", "apply_updates", "apply_updates_",
     "scale", "scale_by_learning_rate", "scale_by_schedule", "scale_by_sign",
     "add_decayed_weights", "clip", "clip_by_global_norm", "trace", "ema",

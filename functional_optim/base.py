@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, Union
 
@@ -116,25 +117,78 @@ def set_to_zero() -> GradientTransformation:
     return mark_elementwise(GradientTransformation(init_empty_state, update_fn))
 
 
-_ELEMENTWISE = "_functional_optim_elementwise"
+_NEEDS = "_functional_optim_needs"
+
+
+class Needs(enum.IntEnum):
+    """What a transform's math needs beyond elementwise operations, from least to most.
+
+    The torch.optim adapter reads this to choose how to run a transform:
+
+    * ``ELEMENTWISE``: every entry is updated independently of the others (Adam, SGD,
+      weight decay, schedules). The result on params packed into one flat tensor equals
+      the result on the separate leaves.
+    * ``GLOBAL``: also reductions over all entries of all leaves together (global norm
+      clipping, all-finite checks). Still exact on flat buffers: a sum over the buffers is
+      a sum over the leaves (up to the order of additions).
+    * ``PER_PARAM``: reductions or choices per leaf (per-tensor norms, trust ratios,
+      per-leaf masks and labels, centralisation): the transform must see each param as
+      its own leaf.
+    * ``MATRIX``: a leaf's shape matters (factored moments, orthogonalisation, reshapes).
+      The default for a transform that declares nothing.
+
+    ``ELEMENTWISE`` and ``GLOBAL`` transforms run on the adapter's flat buffers (one graph
+    per (device, dtype) bucket, compile time independent of the number of params); the
+    others see per-parameter leaves.
+    """
+
+    ELEMENTWISE = 0
+    GLOBAL = 1
+    PER_PARAM = 2
+    MATRIX = 3
+
+
+def declare(tx: GradientTransformation, needs: Needs) -> GradientTransformation:
+    """Declare what ``tx`` needs beyond elementwise math (see :class:`Needs`); returns ``tx``.
+
+    A combinator declares the most any of its parts needs (:func:`needs_of_all`).
+
+    Example:
+      >>> import functional_optim as fo
+      >>> fo.needs(fo.declare(fo.identity(), fo.Needs.GLOBAL))
+      <Needs.GLOBAL: 1>
+    """
+    setattr(tx.update, _NEEDS, Needs(needs))
+    return tx
+
+
+def needs(tx: GradientTransformation) -> Needs:
+    """What ``tx`` declared it needs (:class:`Needs.MATRIX` if it declared nothing).
+
+    Example:
+      >>> import functional_optim as fo
+      >>> fo.needs(fo.adam()), fo.needs(fo.chain(fo.clip_by_global_norm(1.0), fo.adam()))
+      (<Needs.ELEMENTWISE: 0>, <Needs.GLOBAL: 1>)
+    """
+    return getattr(tx.update, _NEEDS, Needs.MATRIX)
+
+
+def needs_of_all(*transforms: GradientTransformation, at_least: Needs = Needs.ELEMENTWISE) -> Needs:
+    """The most any of ``transforms`` needs, and at least ``at_least`` (for combinators)."""
+    return max([at_least, *(needs(t) for t in transforms)])
 
 
 def mark_elementwise(tx: GradientTransformation) -> GradientTransformation:
-    """Declare that ``tx`` treats every element independently (no per-leaf structure).
-
-    Such a transform gives the same result on params packed into one flat tensor as on
-    the separate leaves (while every leaf has an update), which lets the torch.optim
-    adapter run it over flat buffers. Returns ``tx``.
+    """Declare that ``tx`` treats every element independently: ``declare(tx, Needs.ELEMENTWISE)``.
 
     Example:
       >>> import functional_optim as fo
       >>> fo.is_elementwise(fo.mark_elementwise(fo.identity()))
       True
     """
-    setattr(tx.update, _ELEMENTWISE, True)
-    return tx
+    return declare(tx, Needs.ELEMENTWISE)
 
 
 def is_elementwise(tx: GradientTransformation) -> bool:
-    """Whether ``tx`` was declared elementwise with :func:`mark_elementwise`."""
-    return bool(getattr(tx.update, _ELEMENTWISE, False))
+    """Whether ``tx`` declared :attr:`Needs.ELEMENTWISE`."""
+    return needs(tx) == Needs.ELEMENTWISE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import GradientTransformation, is_elementwise, mark_elementwise
+from .base import GradientTransformation, declare, needs, needs_of_all
 
 
 def _check_transform(name: str, tx: Any) -> None:
@@ -44,7 +44,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return updates, tuple(new_state)
 
     tx = GradientTransformation(init_fn, update_fn)
-    return mark_elementwise(tx) if all(is_elementwise(t) for t in transforms) else tx
+    return declare(tx, needs_of_all(*transforms))
 
 
 def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
@@ -81,4 +81,4 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
         return updates, dict(zip(names, states))
 
     tx = GradientTransformation(init_fn, update_fn)
-    return mark_elementwise(tx) if is_elementwise(inner) else tx
+    return declare(tx, needs(inner))

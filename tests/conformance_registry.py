@@ -441,7 +441,8 @@ NON_TRANSFORMS: Mapping[str, str] = {
     "ParamEmaState": _STATE, "PartitionState": _STATE, "SnapshotState": _STATE,
     # utilities
     "apply_updates": _UTILITY, "apply_updates_": _UTILITY, "mark_elementwise": _MARKER,
-    "is_elementwise": _UTILITY, "leaf_names": _UTILITY, "mask_by_name": _UTILITY,
+    "is_elementwise": _UTILITY, "declare": _MARKER, "needs": _UTILITY, "Needs": _TYPE,
+    "leaf_names": _UTILITY, "mask_by_name": _UTILITY,
     "label_by_name": _UTILITY, "ema_params": _UTILITY, "lookahead_slow_params": _UTILITY,
     "skip_not_finite": _UTILITY, "skip_large_updates": _UTILITY,
     # implicit differentiation (functional_optim.implicit): solvers and decorators, no transforms

@@ -295,3 +295,35 @@ def test_user_compiled_training_step_follows_lr_changes(compile, lr_kind):
     # at the step's host-side bookkeeping), each frame compiled at most twice (the first
     # step, which creates the state, and the second, the steady state); none after that
     assert all(n <= 1 for _, n in backend.compile_ids) and len(backend.compile_ids) <= 5
+
+
+def _clipped_adamw(lr=1e-2, max_norm=0.5, weight_decay=0.1):
+    return fo.chain(fo.clip_by_global_norm(max_norm), fo.adamw(lr=lr, weight_decay=weight_decay))
+
+
+def test_reducing_chain_runs_on_flat_buffers_with_one_graph_whatever_the_param_count():
+    # clip_by_global_norm declares a global reduction: the chain stays on the flat engine,
+    # so 3 and 150 params compile to the same single graph, and the steps equal the eager
+    # per-param ones (float64: up to the order of the norm's additions)
+    def run(n, compile):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(3 + i % 4, 2, generator=gen, dtype=torch.float64))
+                  for i in range(n)]
+        opt = adapters.FunctionalOptimizer(params, _clipped_adamw, compile=compile, lr=1e-2)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            opt.step()
+        return [p.detach().clone() for p in params], opt
+
+    assert fo.needs(_clipped_adamw()) == fo.Needs.GLOBAL
+    for n in (3, 150):
+        torch._dynamo.reset()
+        counters.clear()
+        flat, opt = run(n, True)
+        assert opt._groups[0].flat is not None
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+        eager, _ = run(n, False)
+        assert max_rel_diff([flat], [eager]) <= 1e-13
+        state = opt.state_dict()["state"]
+        assert len(state) == n and state[n - 1]["ClipByGlobalNormState.global_norm"].item() > 0.5

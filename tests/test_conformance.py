@@ -196,7 +196,8 @@ def test_registry_kinds_are_what_they_say():
             assert "GradientTransformation" not in str(ret), f"{name} returns a GradientTransformation"
         elif kind == "marker":
             probe = fo.identity()
-            assert obj(probe) is probe, name
+            args = (fo.Needs.GLOBAL,) if name == "declare" else ()  # what it declares
+            assert obj(probe, *args) is probe, name
         elif kind == "data":
             assert isinstance(obj, type), name
         else:

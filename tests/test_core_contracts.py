@@ -160,3 +160,21 @@ def test_none_gradients_pass_through_and_keep_their_state():
     count = fo.tree.get(new_state, "count")
     assert int(count["a"]) == 1 and int(count["b"]) == 0
     assert torch.equal(fo.tree.get(new_state, "mu")["b"], fo.tree.get(state, "mu")["b"])
+
+
+def test_transforms_declare_what_they_need():
+    N = fo.Needs
+    assert fo.needs(fo.adam()) == N.ELEMENTWISE and fo.is_elementwise(fo.sgd(momentum=0.9))
+    assert fo.needs(fo.clip_by_global_norm(1.0)) == N.GLOBAL
+    assert fo.needs(fo.chain(fo.clip_by_global_norm(1.0), fo.adam())) == N.GLOBAL  # the most of its parts
+    assert fo.needs(fo.named_chain(("a", fo.adam()), ("t", fo.scale_by_trust_ratio()))) == N.PER_PARAM
+    assert fo.needs(fo.apply_if_finite(fo.adam(), 3)) == N.GLOBAL
+    assert fo.needs(fo.masked(fo.adam(), lambda p: [True] * len(p))) == N.PER_PARAM
+    assert fo.needs(fo.lookahead(fo.chain(fo.clip_by_global_norm(1.0), fo.sgd()), 5, 0.5)) == N.GLOBAL
+    assert fo.needs(fo.adaptive_grad_clip(0.1)) == N.MATRIX
+    assert fo.needs(fo.MultiSteps(fo.adam(), 2).gradient_transformation()) == N.ELEMENTWISE
+    assert fo.needs(fo.MultiSteps(fo.adam(), 2, should_skip_update_fn=fo.skip_not_finite)
+                    .gradient_transformation()) == N.GLOBAL
+    undeclared = fo.GradientTransformation(lambda p: fo.EmptyState(), lambda u, s, p=None, **kw: (u, s))
+    assert fo.needs(undeclared) == N.MATRIX  # the safe default
+    assert fo.needs(fo.inject_hyperparams(fo.adam)(lr=0.1)) == N.ELEMENTWISE

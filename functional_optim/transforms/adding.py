@@ -9,7 +9,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import EmptyState, GradientTransformation, ScalarOrSchedule, mark_elementwise
+from ..base import EmptyState, GradientTransformation, Needs, ScalarOrSchedule, declare, mark_elementwise
 from ..hyperparams import check_range, is_schedule, value_at
 from ..tree import select
 
@@ -77,4 +77,4 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
         return sel.rebuild(new), new_state
 
     tx = GradientTransformation(init_fn, update_fn)
-    return tx if mask is not None else mark_elementwise(tx)
+    return declare(tx, Needs.PER_PARAM) if mask is not None else mark_elementwise(tx)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import kernels as k
-from ..base import GradientTransformation, init_empty_state
+from ..base import GradientTransformation, Needs, declare, init_empty_state
 from ..tree import select
 
 
@@ -39,4 +39,4 @@ def centralize() -> GradientTransformation:
             new[i] = u
         return sel.rebuild(new), state
 
-    return GradientTransformation(init_empty_state, update_fn)
+    return declare(GradientTransformation(init_empty_state, update_fn), Needs.MATRIX)

@@ -9,7 +9,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import EmptyState, GradientTransformation, init_empty_state, mark_elementwise
+from ..base import GradientTransformation, Needs, declare, init_empty_state, mark_elementwise
 from ..hyperparams import check_range, concrete
 from ..tree import leaves, select
 
@@ -84,7 +84,7 @@ def clip_by_global_norm(max_norm: float | torch.Tensor) -> GradientTransformatio
         clipped = k.mul(sel.updates, factor, donate=donate)
         return sel.rebuild(clipped), ClipByGlobalNormState(global_norm=norm)
 
-    return GradientTransformation(init_fn, update_fn)
+    return declare(GradientTransformation(init_fn, update_fn), Needs.GLOBAL)
 
 
 # ---------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def clip_by_block_rms(threshold: float | torch.Tensor) -> GradientTransformation
         denoms = k.leafwise(lambda r: torch.clamp_min(r / threshold, 1.0), rms)
         return sel.rebuild(k.div(us, _cast_like(denoms, us), donate=donate)), state
 
-    return GradientTransformation(init_empty_state, update_fn)
+    return declare(GradientTransformation(init_empty_state, update_fn), Needs.PER_PARAM)
 
 
 def _unit_dims(shape: torch.Size, axis: Any) -> tuple[int, ...] | None:
@@ -216,4 +216,4 @@ def adaptive_grad_clip(clipping: float | torch.Tensor, eps: float | torch.Tensor
         factor = k.cast(k.where(keep, ones, factor), [_real_dtype(u) for u in us])
         return sel.rebuild(k.mul_real(us, factor, donate=donate)), state
 
-    return GradientTransformation(init_empty_state, update_fn)
+    return declare(GradientTransformation(init_empty_state, update_fn), Needs.MATRIX)  # unit-wise norms

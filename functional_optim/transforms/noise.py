@@ -9,7 +9,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import GradientTransformation
+from ..base import GradientTransformation, Needs, declare
 from ..hyperparams import check_number, check_range
 from ..tree import select
 
@@ -189,4 +189,4 @@ def add_noise(eta: float | torch.Tensor, gamma: float | torch.Tensor, key: Any =
         out = k.add(us, noise, donate=donate)
         return sel.rebuild(out), AddNoiseState(count=count, rng_key=state.rng_key)
 
-    return GradientTransformation(init_fn, update_fn)
+    return declare(GradientTransformation(init_fn, update_fn), Needs.PER_PARAM)  # noise by leaf position

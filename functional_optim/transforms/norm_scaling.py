@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels as k
-from ..base import GradientTransformation, init_empty_state
+from ..base import GradientTransformation, Needs, declare, init_empty_state
 from ..hyperparams import check_range
 from ..tree import select
 from .clipping import _norm_dtype, _real_dtype
@@ -66,4 +66,4 @@ def scale_by_trust_ratio(min_norm: float | torch.Tensor = 0.0, trust_coefficient
         ratios = [r.to(_real_dtype(u)) for r, u in zip(ratios, us)]
         return sel.rebuild(k.mul(us, ratios, donate=donate)), state
 
-    return GradientTransformation(init_empty_state, update_fn)
+    return declare(GradientTransformation(init_empty_state, update_fn), Needs.PER_PARAM)

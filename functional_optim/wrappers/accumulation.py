@@ -9,7 +9,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import GradientTransformation
+from ..base import GradientTransformation, Needs, declare, needs, needs_of_all
 from ..tree import leaves, select
 from ..tree import map as tree_map
 from ..tree import where as tree_where
@@ -201,8 +201,23 @@ class MultiSteps:
         return (state.mini_step == 0) & (state.gradient_step > 0)
 
     def gradient_transformation(self) -> GradientTransformation:
-        """This accumulator as a plain :class:`GradientTransformation` ``(init, update)``."""
-        return GradientTransformation(self.init, self.update)
+        """This accumulator as a plain :class:`GradientTransformation` ``(init, update)``,
+        declaring what it needs (:class:`~functional_optim.Needs`): the inner optimizer's
+        needs, a global reduction for the package's skip functions, and anything for a
+        skip function of the user's."""
+
+        def update_fn(updates, state, params=None, **extra):
+            return self.update(updates, state, params, **extra)
+
+        skip = self._should_skip_update_fn
+        skip = getattr(skip, "func", skip)  # functools.partial(skip_large_updates, ...)
+        if skip is None:
+            needed = needs(self._opt)
+        elif skip in (skip_not_finite, skip_large_updates):
+            needed = needs_of_all(self._opt, at_least=Needs.GLOBAL)
+        else:
+            needed = Needs.MATRIX
+        return declare(GradientTransformation(self.init, update_fn), needed)
 
 
 def skip_not_finite(updates: Any, gradient_step: torch.Tensor, params: Any) -> tuple[torch.Tensor, dict]:

@@ -16,7 +16,7 @@ import torch
 from .. import steps
 from ..tree import where as tree_where
 from ..tree import zeros_like as tree_zeros_like
-from ..base import GradientTransformation, is_elementwise, mark_elementwise
+from ..base import GradientTransformation, declare, needs
 from ..combine import _check_transform
 
 __all__ = ["ConditionallyTransformState", "ConditionallyMaskState", "conditionally_transform",
@@ -137,7 +137,7 @@ def conditionally_transform(inner: GradientTransformation,
         return out, ConditionallyTransformState(inner_state, safe_increment(state.step))
 
     tx = GradientTransformation(init_fn, update_fn)
-    return mark_elementwise(tx) if is_elementwise(inner) else tx
+    return declare(tx, needs(inner))
 
 
 def conditionally_mask(inner: GradientTransformation,
@@ -178,5 +178,5 @@ def conditionally_mask(inner: GradientTransformation,
         return out, ConditionallyMaskState(safe_increment(state.step), inner_state)
 
     tx = GradientTransformation(init_fn, update_fn)
-    return mark_elementwise(tx) if is_elementwise(inner) else tx
+    return declare(tx, needs(inner))
 

@@ -8,7 +8,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import GradientTransformation
+from ..base import GradientTransformation, Needs, declare, needs_of_all
 from ..tree import all_finite as tree_all_finite
 from ..tree import select
 from ..tree import where as tree_where
@@ -121,4 +121,4 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
             total_notfinite=state.total_notfinite + (~finite).to(steps.COUNT_DTYPE),
             inner_state=inner_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    return declare(GradientTransformation(init_fn, update_fn), needs_of_all(inner, at_least=Needs.GLOBAL))

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import steps
-from ..base import GradientTransformation, is_elementwise, mark_elementwise
+from ..base import GradientTransformation, declare, needs
 from ..hyperparams import is_schedule, tensors_unread, value_at
 
 __all__ = ["InjectHyperparamsState", "inject_hyperparams"]
@@ -283,7 +283,7 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation],
                                                    inner_state=inner_state)
 
         tx = GradientTransformation(init_fn, update_fn)
-        return mark_elementwise(tx) if is_elementwise(probe) else tx
+        return declare(tx, needs(probe))
 
     try:
         wrapped_factory.__signature__ = signature  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import GradientTransformation, is_elementwise, mark_elementwise
+from ..base import GradientTransformation, declare, needs
 from ..combine import _check_transform
 from ..hyperparams import check_range
 from ..tree import PyTree, select
@@ -131,7 +131,7 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int = 6,
         return sel.rebuild(out), new_state
 
     tx = GradientTransformation(init_fn, update_fn)
-    return mark_elementwise(tx) if is_elementwise(fast_optimizer) else tx
+    return declare(tx, needs(fast_optimizer))
 
 
 def lookahead_slow_params(state: Any, params: PyTree | None = None) -> PyTree:

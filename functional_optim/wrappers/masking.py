@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import optree
 
-from ..base import GradientTransformation, set_to_zero
+from ..base import GradientTransformation, Needs, declare, needs_of_all, set_to_zero
 from .labels import resolve_mask
 
 PyTree = Any
@@ -147,7 +147,8 @@ def masked(inner: GradientTransformation, mask: MaskSpec | Callable[[PyTree], Py
             mask_compatible_extra_args, "masked's inner transform")
         return optree.tree_unflatten(spec, new_leaves), MaskedState(inner_state=inner_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    # a mask chooses leaves: each param must be its own leaf
+    return declare(GradientTransformation(init_fn, update_fn), needs_of_all(inner, at_least=Needs.PER_PARAM))
 
 
 def freeze(mask: MaskSpec | Callable[[PyTree], PyTree]) -> GradientTransformation:

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import optree
 
-from ..base import GradientTransformation, set_to_zero
+from ..base import GradientTransformation, Needs, declare, needs_of_all, set_to_zero
 from .labels import PerLeafSpec, resolve_labels, resolve_mask
 from .masking import MaskedState, check_transform, flatten_inputs, hide, routed_update
 
@@ -101,7 +101,9 @@ def partition(transforms: Mapping[Hashable, GradientTransformation],
             new_states[g] = MaskedState(inner_state=new_inner)
         return optree.tree_unflatten(spec, u_leaves), PartitionState(inner_states=new_states)
 
-    return GradientTransformation(init_fn, update_fn)
+    # labels choose leaves: each param must be its own leaf
+    return declare(GradientTransformation(init_fn, update_fn),
+                   needs_of_all(*transforms.values(), at_least=Needs.PER_PARAM))
 
 
 multi_transform = partition
