@@ -329,12 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     activation = args.activation or ("relu" if q else "both")
     activations = ["relu", "tanh"] if activation == "both" else [activation]
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with maml.torch_threads(args.threads):
         return run(args, activations)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace, activations: list[str]) -> dict[str, Any]:

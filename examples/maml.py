@@ -34,9 +34,11 @@ The pieces (``make_model``, ``sample_tasks``, ``inner_adapt``, ``meta_loss``) ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import statistics
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -153,12 +155,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="torch CPU threads (default 1: the tensors are tiny, more threads only add overhead)")
     args = parser.parse_args(argv)
     steps = args.steps or (SMOKE_STEPS if args.smoke else 3000)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _train(args, steps)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then restore the previous number."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
 
 
 def _train(args: argparse.Namespace, steps: int) -> dict[str, Any]:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_meta.py"
+from script_loader import load_script
+
 OURS = ("ours, vmap", "ours, loop")
 OPTIONAL = {"torchopt, loop": "torchopt", "higher, loop": "higher"}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_meta", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_meta.py", "bench_meta")
 
 
 def test_bench_meta_quick_reports_every_variant(bench, tmp_path, capsys):

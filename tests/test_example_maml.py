@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 import functional_optim as fo
+from script_loader import load_script
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "maml.py"
 DT = torch.float64
 
 
 @pytest.fixture(scope="module")
 def maml():
-    spec = importlib.util.spec_from_file_location("maml_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/maml.py", "maml_example")
 
 
 def test_smoke_run_meta_learns_with_finite_relu_meta_gradients(maml, capsys):
