@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import optree
 import pytest
 import torch
 
@@ -68,45 +67,8 @@ def test_gradient_wrt_initial_params_matches_finite_differences(name):
             assert abs(g - fd) <= 1e-6 * max(abs(fd), 1e-3)
 
 
-VMAP_OPTS = {
-    "sgd_momentum": lambda: fo.sgd(lr=0.05, momentum=0.9, dampening=0.1),
-    "adam": lambda: fo.adam(lr=0.05, amsgrad=True),
-    "clip_chain": lambda: fo.chain(fo.clip_by_global_norm(1.0), fo.sgd(lr=0.05, momentum=0.9)),
-}
-
-
-def _stack(trees):
-    return optree.tree_map(lambda *xs: torch.stack(xs), *trees)
-
-
-@pytest.mark.parametrize("name", list(VMAP_OPTS))
-def test_vmap_over_problems_equals_loop(name):
-    gen = torch.Generator().manual_seed(3)
-    batch, steps = 8, 4
-    opt = VMAP_OPTS[name]()
-    params = [{"w": torch.randn(5, 3, generator=gen, dtype=DT), "b": torch.randn(3, generator=gen, dtype=DT)}
-              for _ in range(batch)]
-    grads = [[{"w": 3 * torch.randn(5, 3, generator=gen, dtype=DT), "b": torch.randn(3, generator=gen, dtype=DT)}
-              for _ in range(batch)] for _ in range(steps)]
-
-    def one_step(p, g, s):
-        u, s = opt.update(g, s, p)
-        return fo.apply_updates(p, u), s
-
-    looped = []
-    for i in range(batch):
-        p, s = params[i], opt.init(params[i])
-        for t in range(steps):
-            p, s = one_step(p, grads[t][i], s)
-        looped.append(p)
-
-    p = _stack(params)
-    s = _stack([opt.init(q) for q in params])
-    for t in range(steps):
-        p, s = torch.func.vmap(one_step)(p, _stack(grads[t]), s)
-    for i in range(batch):
-        for key in p:
-            torch.testing.assert_close(p[key][i], looped[i][key], rtol=1e-12, atol=1e-14)
+# vmap over a batch of problems against a loop: for every optimizer and transform in
+# tests/test_conformance.py (test_vmap_over_problems_equals_loop)
 
 
 def test_jacrev_of_an_adam_step_matches_autograd():
