@@ -14,7 +14,7 @@ from torch.optim.optimizer import required
 import functional_optim as fo
 from functional_optim import kernels as k
 
-from . import state_io
+from . import fused, state_io
 from .flat import FlatLayout
 from .hyperparams import GroupHyperparams, check_transform, factory_defaults, structure_key
 
@@ -164,6 +164,9 @@ class _Group:
         params = group["params"]
         if torch.compiler.is_compiling():  # traced by a user's torch.compile
             return _step_and_write_back(self.eager_transform(group), list(params), grads, self.state, extra)
+        if self.opt._fused_adam and fused.applies(group, list(params), grads):
+            self.eager_transform(group)  # validates the group's current values
+            return fused.step(fused.kind_of(group), group, list(params), grads, self.state)
         dense = all(g is None or not g.is_sparse for g in grads)
         if dense and not self.opt._donate_grads:
             grads = self.copy_to_work(grads)
@@ -288,6 +291,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     """
 
     _passthrough: dict[str, Any] = {}  # torch-only group keys kept for drop-in compatibility
+    _fused_adam = False  # eager steps may run torch's fused Adam/AdamW kernels (adapters.fused)
 
     def __init__(self, params: Iterable[Any], transform: Any, *, compile: bool = False,
                  donate_grads: bool = False, **hyperparams: Any):

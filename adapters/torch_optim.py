@@ -122,6 +122,9 @@ _ADAM_KEYS = {"step": ("ScaleByAdamState.count",), "exp_avg": ("ScaleByAdamState
 class Adam(_TorchCompatible):
     """``torch.optim.Adam`` on the functional engine (``fo.adam``), with torch's signature.
 
+    Eager steps run torch's fused Adam kernel on this optimizer's state where it applies
+    (``adapters.fused``; ``fused=False`` keeps the functional update).
+
     Example:
       >>> import torch
       >>> from adapters import Adam
@@ -134,6 +137,7 @@ class Adam(_TorchCompatible):
     """
 
     _state_keys = _ADAM_KEYS
+    _fused_adam = True
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
@@ -149,6 +153,9 @@ class Adam(_TorchCompatible):
 class AdamW(_TorchCompatible):
     """``torch.optim.AdamW`` on the functional engine (``fo.adamw``), with torch's signature.
 
+    Eager steps run torch's fused AdamW kernel on this optimizer's state where it applies
+    (``adapters.fused``; ``fused=False`` keeps the functional update).
+
     Example:
       >>> import torch
       >>> from adapters import AdamW
@@ -163,6 +170,7 @@ class AdamW(_TorchCompatible):
 
     _state_keys = _ADAM_KEYS
     _fixed_keys = {"decoupled_weight_decay": True}
+    _fused_adam = True
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,

@@ -1,0 +1,73 @@
+"""Eager steps dispatched to torch's fused kernels, where a drop-in's algorithm is exactly theirs.
+
+``torch._fused_adam_`` and ``torch._fused_adamw_`` (CPU and CUDA) update params, moments
+and the AMSGrad maximum in one pass over memory, where the functional update takes several.
+A drop-in ``Adam``/``AdamW`` step runs them on its own state tensors (the functional
+state's leaves, updated in place), so state_dicts, rebuilds and the compiled engine see
+the same state. They agree with the functional update as torch's fused kernel agrees with
+torch's for-loop (rounding only; ``tests/test_adapter_fused.py`` measures both).
+
+The dispatch applies only when nothing it does not cover is asked for: every present
+gradient dense, params real floating point of one device and dtype, betas, eps and weight
+decay plain numbers (lr a number or a tensor), and no trace by a user's ``torch.compile``.
+Otherwise, or with ``fused=False``, the step runs the functional update.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Any
+
+import torch
+
+from . import state_io
+
+_KERNELS = {"adam": "_fused_adam_", "adamw": "_fused_adamw_"}
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_PREFIX = "ScaleByAdamState."
+
+
+def applies(group: dict[str, Any], params: list[torch.Tensor], grads: list) -> bool:
+    """Whether the fused kernel computes this group's step (see the module docstring)."""
+    if group.get("fused") is False or torch.compiler.is_compiling():
+        return False
+    present = [(p, g) for p, g in zip(params, grads) if g is not None]
+    if not present:
+        return False
+    first = present[0][0]
+    if first.device.type not in ("cpu", "cuda") or first.dtype not in _DTYPES:
+        return False
+    if any(p.dtype != first.dtype or p.device != first.device or g.is_sparse or g.dtype != p.dtype
+           for p, g in present):
+        return False
+    numbers = [*group["betas"], group["eps"], group["weight_decay"]]
+    lr = group["lr"]
+    return all(isinstance(v, Real) for v in numbers) and (
+        isinstance(lr, Real) or (isinstance(lr, torch.Tensor) and lr.numel() == 1))
+
+
+def step(kind: str, group: dict[str, Any], params: list[torch.Tensor], grads: list, state: Any) -> None:
+    """One fused Adam (``kind="adam"``) or AdamW (``"adamw"``) step of the present params,
+    in place on ``params`` and on the leaves of the functional ``state``."""
+    entries = state_io.per_param(state, len(params))
+    present = [i for i, g in enumerate(grads) if g is not None]
+    counts = [entries[i][_PREFIX + "count"] for i in present]
+    amsgrad = bool(group["amsgrad"])
+    # torch's fused kernels read the already-incremented step as a float tensor
+    steps = [(c + 1).to(torch.float32) for c in counts]
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor):
+        lr = lr.reshape(()).to(device=params[present[0]].device)
+    beta1, beta2 = group["betas"]
+    getattr(torch, _KERNELS[kind])(
+        [params[i] for i in present], [grads[i] for i in present],
+        [entries[i][_PREFIX + "mu"] for i in present], [entries[i][_PREFIX + "nu"] for i in present],
+        [entries[i][_PREFIX + "nu_max"] for i in present] if amsgrad else [], steps,
+        lr=lr, beta1=float(beta1), beta2=float(beta2), weight_decay=float(group["weight_decay"]),
+        eps=float(group["eps"]), amsgrad=amsgrad, maximize=bool(group["maximize"]))
+    torch._foreach_add_(counts, 1)
+
+
+def kind_of(group: dict[str, Any]) -> str:
+    """The kernel for a group: AdamW's for decoupled weight decay, else Adam's."""
+    return "adamw" if group.get("decoupled_weight_decay") else "adam"
