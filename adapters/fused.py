@@ -1,16 +1,18 @@
 """Eager steps dispatched to torch's fused kernels, where a drop-in's algorithm is exactly theirs.
 
-``torch._fused_adam_`` and ``torch._fused_adamw_`` (CPU and CUDA) update params, moments
-and the AMSGrad maximum in one pass over memory, where the functional update takes several.
-A drop-in ``Adam``/``AdamW`` step runs them on its own state tensors (the functional
-state's leaves, updated in place), so state_dicts, rebuilds and the compiled engine see
-the same state. They agree with the functional update as torch's fused kernel agrees with
-torch's for-loop (rounding only; ``tests/test_adapter_fused.py`` measures both).
+``torch._fused_adam_``, ``torch._fused_adamw_`` and ``torch._fused_sgd_`` (CPU and CUDA)
+update params and optimizer state in one pass over memory, where the functional update
+takes several. A drop-in ``Adam``/``AdamW``/``SGD`` step runs them on its own state tensors
+(the functional state's leaves, updated in place), so state_dicts, rebuilds and the
+compiled engine see the same state. They agree with the functional update to rounding
+(``tests/test_adapter_fused.py`` measures it).
 
 The dispatch applies only when nothing it does not cover is asked for: every present
-gradient dense, params real floating point of one device and dtype, betas, eps and weight
-decay plain numbers (lr a number or a tensor), and no trace by a user's ``torch.compile``.
-Otherwise, or with ``fused=False``, the step runs the functional update.
+gradient dense, params real floating point of one device and dtype, hyperparameters plain
+numbers (lr a number or a one-element tensor), for SGD no dampening with momentum (torch's
+kernel takes one first-step flag for all params; without dampening the first step needs
+none), and no trace by a user's ``torch.compile``. Otherwise, or with ``fused=False``, the
+step runs the functional update.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PREFIX = "ScaleByAdamState."
 
 
-def applies(group: dict[str, Any], params: list[torch.Tensor], grads: list) -> bool:
+def applies(family: str, group: dict[str, Any], params: list[torch.Tensor], grads: list) -> bool:
     """Whether the fused kernel computes this group's step (see the module docstring)."""
     if group.get("fused") is False or torch.compiler.is_compiling():
         return False
@@ -40,24 +42,30 @@ def applies(group: dict[str, Any], params: list[torch.Tensor], grads: list) -> b
     if any(p.dtype != first.dtype or p.device != first.device or g.is_sparse or g.dtype != p.dtype
            for p, g in present):
         return False
-    numbers = [*group["betas"], group["eps"], group["weight_decay"]]
+    if family == "sgd":
+        numbers = [group["momentum"], group["dampening"], group["weight_decay"]]
+    else:
+        numbers = [*group["betas"], group["eps"], group["weight_decay"]]
     lr = group["lr"]
-    return all(isinstance(v, Real) for v in numbers) and (
-        isinstance(lr, Real) or (isinstance(lr, torch.Tensor) and lr.numel() == 1))
+    if not (all(isinstance(v, Real) for v in numbers)
+            and (isinstance(lr, Real) or (isinstance(lr, torch.Tensor) and lr.numel() == 1))):
+        return False
+    return family != "sgd" or group["momentum"] == 0 or group["dampening"] == 0
 
 
-def step(kind: str, group: dict[str, Any], params: list[torch.Tensor], grads: list, state: Any) -> None:
-    """One fused Adam (``kind="adam"``) or AdamW (``"adamw"``) step of the present params,
-    in place on ``params`` and on the leaves of the functional ``state``."""
+def step(family: str, group: dict[str, Any], params: list[torch.Tensor], grads: list, state: Any) -> None:
+    """One fused step of the present params (``family`` "adam" or "sgd"), in place on
+    ``params`` and on the leaves of the functional ``state``."""
     entries = state_io.per_param(state, len(params))
     present = [i for i, g in enumerate(grads) if g is not None]
+    if family == "sgd":
+        return _sgd(group, params, grads, entries, present)
+    kind = "adamw" if group.get("decoupled_weight_decay") else "adam"
     counts = [entries[i][_PREFIX + "count"] for i in present]
     amsgrad = bool(group["amsgrad"])
     # torch's fused kernels read the already-incremented step as a float tensor
     steps = [(c + 1).to(torch.float32) for c in counts]
-    lr = group["lr"]
-    if isinstance(lr, torch.Tensor):
-        lr = lr.reshape(()).to(device=params[present[0]].device)
+    lr = _lr(group, params[present[0]])
     beta1, beta2 = group["betas"]
     getattr(torch, _KERNELS[kind])(
         [params[i] for i in present], [grads[i] for i in present],
@@ -68,6 +76,21 @@ def step(kind: str, group: dict[str, Any], params: list[torch.Tensor], grads: li
     torch._foreach_add_(counts, 1)
 
 
-def kind_of(group: dict[str, Any]) -> str:
-    """The kernel for a group: AdamW's for decoupled weight decay, else Adam's."""
-    return "adamw" if group.get("decoupled_weight_decay") else "adam"
+def _sgd(group: dict[str, Any], params: list[torch.Tensor], grads: list, entries: list, present: list) -> None:
+    with_momentum = group["momentum"] != 0
+    counts = [entries[i]["TraceState.count"] for i in present] if with_momentum else []
+    torch._fused_sgd_(
+        [params[i] for i in present], [grads[i] for i in present],
+        [entries[i]["TraceState.trace"] for i in present] if with_momentum else [],
+        weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
+        lr=_lr(group, params[present[0]]), dampening=float(group["dampening"]),
+        nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
+        # the buffer starts at zero, so without dampening its first update is already g
+        is_first_step=False)
+    if counts:
+        torch._foreach_add_(counts, 1)
+
+
+def _lr(group: dict[str, Any], like: torch.Tensor) -> Any:
+    lr = group["lr"]
+    return lr.reshape(()).to(device=like.device) if isinstance(lr, torch.Tensor) else float(lr)

@@ -164,9 +164,10 @@ class _Group:
         params = group["params"]
         if torch.compiler.is_compiling():  # traced by a user's torch.compile
             return _step_and_write_back(self.eager_transform(group), list(params), grads, self.state, extra)
-        if self.opt._fused_adam and fused.applies(group, list(params), grads):
+        family = self.opt._fused_family
+        if family is not None and fused.applies(family, group, list(params), grads):
             self.eager_transform(group)  # validates the group's current values
-            return fused.step(fused.kind_of(group), group, list(params), grads, self.state)
+            return fused.step(family, group, list(params), grads, self.state)
         dense = all(g is None or not g.is_sparse for g in grads)
         if dense and not self.opt._donate_grads:
             grads = self.copy_to_work(grads)
@@ -291,7 +292,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     """
 
     _passthrough: dict[str, Any] = {}  # torch-only group keys kept for drop-in compatibility
-    _fused_adam = False  # eager steps may run torch's fused Adam/AdamW kernels (adapters.fused)
+    _fused_family: str | None = None  # "adam", "sgd": eager steps may run torch's fused kernels (adapters.fused)
 
     def __init__(self, params: Iterable[Any], transform: Any, *, compile: bool = False,
                  donate_grads: bool = False, **hyperparams: Any):

@@ -81,6 +81,9 @@ class _TorchCompatible(FunctionalOptimizer):
 class SGD(_TorchCompatible):
     """``torch.optim.SGD`` on the functional engine (``fo.sgd``), with torch's signature.
 
+    Eager steps run torch's fused SGD kernel on this optimizer's state where it applies
+    (``adapters.fused``; ``fused=False`` keeps the functional update).
+
     Example:
       >>> import torch
       >>> from adapters import SGD
@@ -92,6 +95,8 @@ class SGD(_TorchCompatible):
       Parameter containing:
       tensor([0.9000, 0.9000], requires_grad=True)
     """
+
+    _fused_family = "sgd"
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
@@ -137,7 +142,7 @@ class Adam(_TorchCompatible):
     """
 
     _state_keys = _ADAM_KEYS
-    _fused_adam = True
+    _fused_family = "adam"
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
@@ -170,7 +175,7 @@ class AdamW(_TorchCompatible):
 
     _state_keys = _ADAM_KEYS
     _fixed_keys = {"decoupled_weight_decay": True}
-    _fused_adam = True
+    _fused_family = "adam"
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,

@@ -1,4 +1,4 @@
-"""adapters.fused: eager Adam/AdamW drop-in steps on torch's fused kernels.
+"""adapters.fused: eager Adam/AdamW/SGD drop-in steps on torch's fused kernels.
 
 * the dispatched step is torch's fused step bit for bit (same kernel, same state), and the
   functional update (``fused=False``) agrees with it to rounding over 50 steps: float64
@@ -24,24 +24,31 @@ OPTIONS = {
     "adam_decoupled": (adapters.Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
     "adamw": (adapters.AdamW, torch.optim.AdamW, dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.05)),
     "adamw_tensor_lr": (adapters.AdamW, torch.optim.AdamW, dict(lr=torch.tensor(1e-2), amsgrad=True)),
+    "sgd": (adapters.SGD, torch.optim.SGD, dict(lr=1e-2)),
+    "sgd_momentum": (adapters.SGD, torch.optim.SGD, dict(lr=1e-2, momentum=0.9, weight_decay=0.1)),
+    "sgd_nesterov_maximize": (adapters.SGD, torch.optim.SGD, dict(lr=1e-2, momentum=0.9, nesterov=True,
+                                                                  maximize=True)),
 }
 
 
-def _run(cls, kwargs, dtype, **flags):
+def _run(cls, kwargs, dtype, none_every=3, **flags):
     params = leaves(make_params(dtype))
     opt = cls(params, **kwargs, **flags)
-    return train(opt, params, make_grads(STEPS, dtype)), opt
+    return train(opt, params, make_grads(STEPS, dtype, none_every=none_every)), opt
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_dispatched_step_is_torchs_fused_step_and_agrees_with_the_functional_update(name, dtype):
     ours_cls, torch_cls, kwargs = OPTIONS[name]
-    dispatched, opt = _run(ours_cls, kwargs, dtype)
-    functional, _ = _run(ours_cls, kwargs, dtype, fused=False)
-    torch_fused, torch_opt = _run(torch_cls, kwargs, dtype, fused=True)
+    # torch 2.13's fused SGD fails when a param's first gradient comes after the others'
+    # (a None momentum buffer among present ones): every gradient present for SGD here
+    none_every = None if name.startswith("sgd") else 3
+    dispatched, opt = _run(ours_cls, kwargs, dtype, none_every)
+    functional, _ = _run(ours_cls, kwargs, dtype, none_every, fused=False)
+    torch_fused, torch_opt = _run(torch_cls, kwargs, dtype, none_every, fused=True)
     loop_kwargs = {**kwargs, "lr": float(kwargs["lr"])}  # torch's for-loop computes in float32 with a float32 tensor lr
-    torch_loop, _ = _run(torch_cls, loop_kwargs, dtype, foreach=False)
+    torch_loop, _ = _run(torch_cls, loop_kwargs, dtype, none_every, foreach=False)
     assert max_rel_diff(dispatched, torch_fused) == 0.0  # the same kernel on the same state
     tolerance = 1e-14 if dtype == torch.float64 else 2e-6
     assert max_rel_diff(functional, dispatched) <= tolerance
@@ -51,6 +58,15 @@ def test_dispatched_step_is_torchs_fused_step_and_agrees_with_the_functional_upd
     for i in ref_state:
         for key, value in ref_state[i].items():
             assert torch.equal(ours_state[i][key], value), (i, key)
+
+
+def test_dispatched_sgd_with_late_first_gradients_follows_torchs_for_loop():
+    # a param whose gradient is None at the first step starts its momentum later: its zero
+    # buffer makes the kernel's update exactly torch's first-step ``buf = g``
+    kwargs = dict(lr=1e-2, momentum=0.9, nesterov=True)
+    dispatched, _ = _run(adapters.SGD, kwargs, torch.float64)
+    torch_loop, _ = _run(torch.optim.SGD, kwargs, torch.float64, foreach=False)
+    assert max_rel_diff(dispatched, torch_loop) <= 1e-14
 
 
 def test_dispatch_leaves_the_gradients_alone_and_counts_steps():
@@ -87,6 +103,15 @@ def test_falls_back_where_the_kernel_does_not_apply(monkeypatch):
     assert _dispatches(monkeypatch, make(lr=0.1, fused=False)) == 0  # asked not to
     assert _dispatches(monkeypatch, make(lr=0.1, compile=True)) == 0  # the compiled engine
     assert _dispatches(monkeypatch, make(lr=0.1, betas=(torch.tensor(0.9), torch.tensor(0.99)))) == 0
+
+    def sgd(**kwargs):
+        def build():
+            params = leaves(make_params(torch.float32))
+            return params, adapters.SGD(params, lr=0.1, **kwargs)
+        return build
+
+    assert _dispatches(monkeypatch, sgd(momentum=0.9)) == 1
+    assert _dispatches(monkeypatch, sgd(momentum=0.9, dampening=0.5)) == 0  # first step: buf = g
 
     def complex_params():
         params = [torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))]
