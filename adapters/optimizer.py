@@ -41,10 +41,11 @@ class _Group:
         # a changed hyperparameter stops using (a momentum buffer while momentum is 0)
         self.dormant: list[Entry] = [{} for _ in params]
         # scratch buffers the eager step donates instead of p.grad; made with the state,
-        # so the first step (traced or not) looks like every later one
+        # so the first step (traced or not) looks like every later one. Optimizers that
+        # may dispatch to torch's fused kernels (which need none) make them on first use.
+        lazy = self.flat is not None or opt._donate_grads or opt._fused_family is not None
         self.work: list[torch.Tensor | None] = [
-            None if self.flat is not None or opt._donate_grads or p.is_sparse else torch.zeros_like(p)
-            for p in params]
+            None if lazy or p.is_sparse else torch.zeros_like(p) for p in params]
         self.compiled: Callable | None = None
         self.eager: tuple[Any, fo.GradientTransformation] | None = None  # (kwargs, tx) with numbers
 

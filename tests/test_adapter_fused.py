@@ -143,3 +143,15 @@ def test_bad_group_values_still_raise_on_the_fused_path():
     opt.param_groups[0]["lr"] = -1.0
     with pytest.raises(ValueError, match="lr"):
         opt.step()
+
+
+def test_dispatching_optimizers_hold_no_scratch_copy_of_the_params():
+    params = leaves(make_params(torch.float32))
+    opt = adapters.AdamW(params, lr=1e-2)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert all(w is None for w in opt._groups[0].work)  # fused: no param-sized scratch
+    opt.param_groups[0]["fused"] = False
+    opt.step()  # the functional update makes its scratch on first use
+    assert all(w is not None and w.shape == p.shape for w, p in zip(opt._groups[0].work, params))
