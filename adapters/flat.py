@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
+import functional_optim as fo
+
 from . import state_io
+
+
+def serves(tx: fo.GradientTransformation) -> bool:
+    """Whether ``tx`` gives the same result on flat buffers as on per-param leaves."""
+    return fo.needs(tx) <= fo.Needs.GLOBAL
 
 
 class Bucket:

@@ -14,7 +14,7 @@ from torch.optim.optimizer import required
 import functional_optim as fo
 from functional_optim import kernels as k
 
-from . import fused, state_io
+from . import flat, fused, state_io
 from .flat import FlatLayout
 from .hyperparams import GroupHyperparams, check_transform, factory_defaults, structure_key
 
@@ -33,7 +33,7 @@ class _Group:
             self.hyper = GroupHyperparams(group, opt._names, k.scalar_dtype(params[0]), params[0].device)
         self.key, self.tx = self.build(group)
         self.flat: FlatLayout | None = None
-        if opt._compile and _flat_ok(self.tx) and all(
+        if opt._compile and flat.serves(self.tx) and all(
                 p.is_floating_point() and not p.is_sparse for p in params):
             self.flat = FlatLayout(params)
         self.state = self.tx.init(self.engine_params(params))
@@ -71,7 +71,7 @@ class _Group:
             return
         entries = self.entries(group["params"])
         self.key, self.tx = self.build(group)
-        if self.flat is not None and not _flat_ok(self.tx):
+        if self.flat is not None and not flat.serves(self.tx):
             self.flat = None
         self.state = self.state_from_entries(group["params"], entries)
         self.keep_dormant(group["params"], entries)
@@ -207,11 +207,6 @@ class _Group:
         if self.compiled is None:
             self.compiled = _compile_step(self.tx)
         self.compiled(params, grads, self.state, extra)
-
-
-def _flat_ok(tx: fo.GradientTransformation) -> bool:
-    """Whether ``tx`` gives the same result on flat buffers as on per-param leaves."""
-    return fo.needs(tx) <= fo.Needs.GLOBAL
 
 
 def _fit(value: Any, like: torch.Tensor) -> torch.Tensor:
