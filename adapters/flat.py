@@ -21,6 +21,13 @@ def serves(tx: fo.GradientTransformation) -> bool:
     return fo.needs(tx) <= fo.Needs.GLOBAL
 
 
+def update(tx: fo.GradientTransformation, grads: list[torch.Tensor], state: Any,
+           params: list[torch.Tensor], segments: Any, **extra: Any) -> tuple[list[torch.Tensor], Any]:
+    """``tx.update`` on a layout's flat buffers (one per bucket); ``segments`` is the
+    layout's :attr:`FlatLayout.segments`. Runs inside the engine's compiled step."""
+    return tx.update(grads, state, params, **extra)
+
+
 class Bucket:
     """Params of one (device, dtype) packed contiguously.
 
@@ -67,6 +74,8 @@ class FlatLayout:
         for b, bucket in enumerate(self.buckets):
             for j, i in enumerate(bucket.indices):
                 self.bucket_of[i] = (b, j)
+        # what the engine passes to :func:`update` with the buckets (traced as graph inputs)
+        self.segments: Any = [None] * len(self.buckets)
         self.received = [False] * len(params)
         self._hooks = [p.register_post_accumulate_grad_hook(self._hook(i)) for i, p in enumerate(params)]
 

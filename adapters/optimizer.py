@@ -192,21 +192,23 @@ class _Group:
 
     def flat_step(self, group: dict[str, Any], extra: dict[str, Any]) -> None:
         buckets = self.flat.buckets
-        self.traced_or_compiled_step(group, [b.params for b in buckets], [b.grads for b in buckets], extra)
+        self.traced_or_compiled_step(group, [b.params for b in buckets], [b.grads for b in buckets], extra,
+                                     self.flat.segments)
 
     def compiled_leaf_step(self, group: dict[str, Any], grads: list, extra: dict[str, Any]) -> None:
         self.traced_or_compiled_step(group, list(group["params"]), grads, extra)
 
     def traced_or_compiled_step(self, group: dict[str, Any], params: list, grads: list,
-                                extra: dict[str, Any]) -> None:
+                                extra: dict[str, Any], segments: Any = None) -> None:
         if torch.compiler.is_compiling():
             # inside a user's torch.compile: our hyperparameter tensors are not refreshed
             # there (the refresh is host code the graph does not replay), so the transform
             # reads the group's own values, as the eager step does under tracing
-            return _step_and_write_back(self.eager_transform(group), params, grads, self.state, extra)
+            return _step_and_write_back(self.eager_transform(group), params, grads, self.state, extra,
+                                        segments)
         if self.compiled is None:
             self.compiled = _compile_step(self.tx)
-        self.compiled(params, grads, self.state, extra)
+        self.compiled(params, grads, self.state, extra, segments)
 
 
 def _fit(value: Any, like: torch.Tensor) -> torch.Tensor:
@@ -218,7 +220,7 @@ def _fit(value: Any, like: torch.Tensor) -> torch.Tensor:
 
 
 def _step_and_write_back(tx: fo.GradientTransformation, params: list[torch.Tensor], grads: list,
-                         state: Any, extra: dict[str, Any]) -> None:
+                         state: Any, extra: dict[str, Any], segments: Any = None) -> None:
     """A pure update, then its results written into the existing param and state buffers.
 
     How every traced step runs (our compiled step, or a user's torch.compile of ``step``):
@@ -226,7 +228,10 @@ def _step_and_write_back(tx: fo.GradientTransformation, params: list[torch.Tenso
     torch.compile (2.13) traces a 0-d float64 CPU tensor as a Python float and drops
     in-place writes to it (a scalar param's Adam moments would never change).
     """
-    updates, new_state = tx.update(grads, state, params, **extra)
+    if segments is None:
+        updates, new_state = tx.update(grads, state, params, **extra)
+    else:  # flat buckets
+        updates, new_state = flat.update(tx, grads, state, params, segments, **extra)
     for p, u in zip(params, updates):
         if u is not None:
             _one_d(p).add_(_one_d(u.to(p.dtype)))
@@ -241,8 +246,8 @@ def _one_d(t: torch.Tensor) -> torch.Tensor:
 def _compile_step(tx: fo.GradientTransformation) -> Callable:
     """The whole step in one graph (see ``_step_and_write_back``)."""
 
-    def step(params, grads, state, extra):
-        _step_and_write_back(tx, params, grads, state, extra)
+    def step(params, grads, state, extra, segments):
+        _step_and_write_back(tx, params, grads, state, extra, segments)
 
     # dynamo caches compiled code per code object (8 entries by default); a private copy
     # of the code gives every group its own cache, so many groups or optimizers coexist
