@@ -247,20 +247,29 @@ class _CompileIds:
         return lookup_backend("aot_eager")(gm, example_inputs)
 
 
+# the engines a user's compiled training step can meet: the functional update run eagerly,
+# the eager step that dispatches to torch's fused kernel (set aside while traced: the
+# functional update is traced instead), and our compiled flat-buffer step
+USER_COMPILED_ENGINES = {"eager": (dict(fused=False), "eager"), "fused": ({}, "eager"),
+                         "compiled": (dict(compile=True), "flat")}
+
+
 @pytest.mark.parametrize("lr_kind", ["scheduler", "tensor"])
-@pytest.mark.parametrize("compile", [False, True])
-def test_user_compiled_training_step_follows_lr_changes(compile, lr_kind):
+@pytest.mark.parametrize("engine", list(USER_COMPILED_ENGINES))
+def test_user_compiled_training_step_follows_lr_changes(engine, lr_kind):
     # A user's torch.compile of the whole training step (forward, backward, step,
     # zero_grad); the lr changes every step, by LambdaLR (a float in the group) or in place
-    # (a 0-d tensor). Both engines follow torch.optim.AdamW's trajectory; the lr changes
-    # compile nothing new after the first two steps.
+    # (a 0-d tensor). Every engine follows torch.optim.AdamW's trajectory over 30 steps,
+    # and the lr changes compile nothing new after the first two steps.
     steps = 30
+    flags, kind = USER_COMPILED_ENGINES[engine]
 
     def run(ours):
         model = _model()
         lr = torch.tensor(0.01, dtype=torch.float64) if lr_kind == "tensor" else 0.01
         if ours:
-            opt = adapters.AdamW(model.parameters(), lr=lr, weight_decay=0.1, compile=compile)
+            opt = adapters.AdamW(model.parameters(), lr=lr, weight_decay=0.1, **flags)
+            assert opt._groups[0].engine.kind == kind
         else:
             opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, foreach=False)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 + s)) if lr_kind == "scheduler" else None
@@ -287,14 +296,26 @@ def test_user_compiled_training_step_follows_lr_changes(compile, lr_kind):
         return [p.detach().clone() for p in model.parameters()], backend, seen_after_two
 
     torch._dynamo.reset()
+    counters.clear()
     ours, backend, seen_after_two = run(True)
     reference, _, _ = run(False)
     assert max_rel_diff([ours], [reference]) <= 1e-12
     assert backend.compile_ids == seen_after_two  # no recompilation as the lr moves
-    # measured: 2 to 5 compilations in all, from 1 to 3 frames (graph breaks at backward and
-    # at the step's host-side bookkeeping), each frame compiled at most twice (the first
-    # step, which creates the state, and the second, the steady state); none after that
-    assert all(n <= 1 for _, n in backend.compile_ids) and len(backend.compile_ids) <= 5
+    # graphs: the user's frames split at backward() (dynamo does not trace it) and, with a
+    # scheduler, at the step wrapper torch's lr_scheduler installs (a file dynamo skips; the
+    # same break happens with torch.optim). The optimizer adds none of its own.
+    reasons = list(counters["graph_break"])
+    assert any("backward" in r for r in reasons)
+    assert all("backward" in r or "lr_scheduler.py" in r for r in reasons)
+    assert any("lr_scheduler.py" in r for r in reasons) == (lr_kind == "scheduler")
+    # compilations (frames, compilations in all), measured with torch 2.13: the compiled
+    # engine's own graph is a frame compiled twice (the first step creates the state);
+    # every other frame compiles at most twice, and nothing after the second step
+    frames = {frame for frame, _ in backend.compile_ids}
+    expected = {("compiled", "scheduler"): (3, 5), ("compiled", "tensor"): (2, 3)}.get(
+        (engine, lr_kind), (2, 3) if lr_kind == "scheduler" else (2, 2))
+    assert (len(frames), len(backend.compile_ids)) == expected
+    assert all(n <= 1 for _, n in backend.compile_ids)
 
 
 def _clipped_adamw(lr=1e-2, max_norm=0.5, weight_decay=0.1):
@@ -321,7 +342,7 @@ def test_reducing_chain_runs_on_flat_buffers_with_one_graph_whatever_the_param_c
         torch._dynamo.reset()
         counters.clear()
         flat, opt = run(n, True)
-        assert opt._groups[0].flat is not None
+        assert opt._groups[0].engine.kind == "flat"
         assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
         eager, _ = run(n, False)
         assert max_rel_diff([flat], [eager]) <= 1e-13

@@ -151,7 +151,7 @@ def test_dispatching_optimizers_hold_no_scratch_copy_of_the_params():
     for p in params:
         p.grad = torch.ones_like(p)
     opt.step()
-    assert all(w is None for w in opt._groups[0].work)  # fused: no param-sized scratch
+    assert all(w is None for w in opt._groups[0].engine.work)  # fused: no param-sized scratch
     opt.param_groups[0]["fused"] = False
     opt.step()  # the functional update makes its scratch on first use
-    assert all(w is not None and w.shape == p.shape for w, p in zip(opt._groups[0].work, params))
+    assert all(w is not None and w.shape == p.shape for w, p in zip(opt._groups[0].engine.work, params))

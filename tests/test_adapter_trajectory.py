@@ -51,7 +51,7 @@ def test_drop_in_matches_torch(name, compile):
     opt = ours_cls(groups(params, overrides), **defaults, compile=compile)
     assert max_rel_diff(train(opt, params, grads), ref) <= TOL
     if compile:  # every group stayed on the flat-buffer engine
-        assert all(rt.flat is not None for rt in opt._groups)
+        assert [rt.engine.kind for rt in opt._groups] == ["flat"] * len(opt._groups)
 
 
 def test_compiled_float32_matches_torch():
@@ -78,6 +78,8 @@ def test_compiled_group_with_missing_grad_falls_back_per_param(compile):
     params = leaves(make_params())
     opt = adapters.Adam(groups(params, overrides, layout), lr=1e-2, compile=compile)
     assert max_rel_diff(train(opt, params, grads), ref) <= TOL
+    expected = ["compiled", "flat"] if compile else ["eager", "eager"]
+    assert [rt.engine.kind for rt in opt._groups] == expected
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
