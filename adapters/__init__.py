@@ -5,6 +5,7 @@
 torch's classes, with their signatures and state_dict format.
 """
 
+from . import monai  # monai.optimizers' drop-ins: Novograd, generate_param_groups, ...
 from .lr_finder import LearningRateFinder
 from .lbfgs import LBFGS
 from .optimizer import FunctionalOptimizer

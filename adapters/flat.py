@@ -3,54 +3,134 @@
 Params and grads become views into the buffers (as DDP's ``gradient_as_bucket_view``
 does), so an elementwise transform can update a whole bucket with a few big kernels, and
 a compiled step's size and compile time depend on the number of buckets, not of params.
+
+Each param starts at a multiple of a block size ``B`` (chosen per group by
+:func:`functional_optim.segments.block_size`: at most 64, at most 1/8 of padding) and is
+zero-padded up to the next one, so that per-param reductions (:attr:`Needs.PER_PARAM
+<functional_optim.Needs>`) run as segmented reductions over the buffer viewed as
+``(nblocks, B)`` (see :mod:`functional_optim.segments`). The padding is zero in the
+params and grads, masked out of every reduction, and written as zero in the updates and
+the state at every step.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import optree
 import torch
 
 import functional_optim as fo
+from functional_optim import segments as seg
 
 from . import state_io
 
 
 def serves(tx: fo.GradientTransformation) -> bool:
-    """Whether ``tx`` gives the same result on flat buffers as on per-param leaves."""
-    return fo.needs(tx) <= fo.Needs.GLOBAL
+    """Whether ``tx`` gives the same result on flat buffers as on per-param leaves: it needs
+    at most per-param reductions (``fo.needs(tx) <= fo.Needs.PER_PARAM``), which run
+    segmented. Transforms that tell leaves apart by position or label (``Needs.LEAVES``)
+    or by shape (``Needs.MATRIX``) are not served."""
+    return fo.needs(tx) <= fo.Needs.PER_PARAM
 
 
 def update(tx: fo.GradientTransformation, grads: list[torch.Tensor], state: Any,
            params: list[torch.Tensor], segments: Any, **extra: Any) -> tuple[list[torch.Tensor], Any]:
     """``tx.update`` on a layout's flat buffers (one per bucket); ``segments`` is the
-    layout's :attr:`FlatLayout.segments`. Runs inside the engine's compiled step."""
-    return tx.update(grads, state, params, **extra)
+    layout's :attr:`FlatLayout.segments`. Runs inside the engine's compiled step.
+
+    An elementwise or global transform on unpadded buffers sees them as they are. Otherwise
+    the transform sees every buffer (grads, params and bucket-sized state) as its
+    ``(nblocks, B)`` view with the segmentation active, so the reduction kernels compute
+    per param; the updates and state come back 1-D with their padding zeroed.
+    """
+    padded = any(s.block_valid is not None for s in segments)
+    if fo.needs(tx) <= fo.Needs.GLOBAL and not padded:
+        return tx.update(grads, state, params, **extra)
+    view = _block_view(grads, segments)
+    views = [view(g) for g in grads]
+    previous = seg.activate(list(zip(views, segments)))
+    try:
+        updates, new_state = tx.update(views, optree.tree_map(view, state), [view(p) for p in params], **extra)
+    finally:
+        seg.restore(previous)
+    updates = [u if u is None else _flat(u, g, s) for u, g, s in zip(updates, grads, segments)]
+    return updates, _flat_state(new_state, state, grads, segments)
+
+
+def _block_view(grads: list[torch.Tensor], segments: list[seg.Segments]):
+    """A function giving a bucket-sized 1-D tensor's ``(nblocks, B)`` view (other values as
+    they are): one block size per layout, so the view follows from the numel."""
+    shapes = {g.numel(): _shape_2d(g, s) for g, s in zip(grads, segments)}
+
+    def view(t: Any) -> Any:
+        if isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() in shapes:
+            return t.view(shapes[t.numel()])
+        return t
+
+    return view
+
+
+def _flat_state(new_state: Any, state: Any, grads: list[torch.Tensor], segments: list[seg.Segments]) -> Any:
+    """The new state with each 2-D view of a bucket-sized leaf back in 1-D, padding zeroed."""
+    leaves, spec = optree.tree_flatten(new_state)
+    out = []
+    for new, old in zip(leaves, optree.tree_leaves(state)):
+        if isinstance(new, torch.Tensor) and new.dim() == 2 and old.dim() == 1 and new.numel() == old.numel():
+            new = _flat(new, old, _segments_of(old, grads, segments))
+        out.append(new)
+    return optree.tree_unflatten(spec, out)
+
+
+def _shape_2d(buffer: torch.Tensor, segs: seg.Segments) -> tuple[int, int]:
+    nblocks = segs.block_segment.shape[0]
+    return nblocks, buffer.numel() // max(nblocks, 1)
+
+
+def _flat(new: torch.Tensor, like: torch.Tensor, segs: seg.Segments | None) -> torch.Tensor:
+    """A ``(nblocks, B)`` result back in ``like``'s 1-D form, its padding zeroed."""
+    return seg.unpadded(new, segs).reshape(like.shape)
+
+
+def _segments_of(t: torch.Tensor, grads: list[torch.Tensor], segments: list[seg.Segments]
+                 ) -> seg.Segments | None:
+    """The segments of the bucket a bucket-sized state tensor belongs to: the bucket of its
+    numel, or of its numel, device and dtype if several have that numel (None if still
+    ambiguous: its padding is then left as the transform wrote it, masked in reductions)."""
+    same = [(g, s) for g, s in zip(grads, segments) if g.numel() == t.numel()]
+    if len(same) > 1:
+        same = [(g, s) for g, s in same if g.device == t.device and g.dtype == t.dtype]
+    return same[0][1] if len(same) == 1 else None
 
 
 class Bucket:
-    """Params of one (device, dtype) packed contiguously.
+    """Params of one (device, dtype) packed contiguously, each starting at a multiple of
+    ``block`` and zero-padded up to the next one.
 
     Attributes:
       indices: positions (in the group's param list) of the packed params.
       offsets, numels, shapes: where each param lives in the buffers.
-      params, grads: the flat buffers (1-D).
+      params, grads: the flat buffers (1-D, ``numel`` elements, padding included).
+      segments: the :class:`~functional_optim.segments.Segments` of the buffers.
     """
 
-    def __init__(self, params: list[torch.Tensor], indices: list[int]):
+    def __init__(self, params: list[torch.Tensor], indices: list[int], block: int = 1):
         self.indices = indices
         self.numels = [p.numel() for p in params]
         self.shapes = [p.shape for p in params]
-        self.offsets = [sum(self.numels[:i]) for i in range(len(params))]
-        total = sum(self.numels)
+        padded = [-(-n // block) * block for n in self.numels]
+        self.offsets = [sum(padded[:i]) for i in range(len(params))]
+        total = sum(padded)
         first = params[0]
-        self.params = torch.empty(total, dtype=first.dtype, device=first.device)
+        # zeros: the padding must start (and stays) zero
+        self.params = torch.zeros(total, dtype=first.dtype, device=first.device)
         self.grads = torch.zeros(total, dtype=first.dtype, device=first.device)
         with torch.no_grad():
             for p, view in zip(params, self.views(self.params)):
                 view.copy_(p)
                 p.data = view
         self.grad_views = self.views(self.grads)
+        self.segments = seg.Segments.build(self.numels, block, first.device)
 
     @property
     def numel(self) -> int:
@@ -59,6 +139,13 @@ class Bucket:
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-param views (shaped like the params) of a flat tensor of this bucket."""
         return [flat[o:o + n].view(s) for o, n, s in zip(self.offsets, self.numels, self.shapes)]
+
+    def pack(self, values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """A flat tensor (dtype and device of ``like``) holding per-param ``values``, padding zero."""
+        out = torch.zeros(self.numel, dtype=like.dtype, device=like.device)
+        for view, v in zip(self.views(out), values):
+            view.copy_(v.reshape(view.shape))
+        return out
 
 
 class FlatLayout:
@@ -69,13 +156,15 @@ class FlatLayout:
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             groups.setdefault((p.device, p.dtype), []).append(i)
-        self.buckets = [Bucket([params[i] for i in idx], idx) for idx in groups.values()]
+        # one block size for the group: a bucket-sized tensor's 2-D view follows from its numel
+        self.block = seg.block_size([p.numel() for p in params])
+        self.buckets = [Bucket([params[i] for i in idx], idx, self.block) for idx in groups.values()]
         self.bucket_of = {}
         for b, bucket in enumerate(self.buckets):
             for j, i in enumerate(bucket.indices):
                 self.bucket_of[i] = (b, j)
-        # what the engine passes to :func:`update` with the buckets (traced as graph inputs)
-        self.segments: Any = [None] * len(self.buckets)
+        # what the engine passes to :func:`update` with the buckets (tensors: graph inputs)
+        self.segments: list[seg.Segments] = [b.segments for b in self.buckets]
         self.received = [False] * len(params)
         self._hooks = [p.register_post_accumulate_grad_hook(self._hook(i)) for i, p in enumerate(params)]
 
@@ -161,7 +250,7 @@ class FlatLayout:
                 if any(v is None for v in values):
                     continue
                 if like.dim() == 1 and like.numel() == bucket.numel and bucket.numel > 1:
-                    entry[name] = torch.cat([v.reshape(-1).to(like.dtype) for v in values])
+                    entry[name] = bucket.pack(values, like)
                 else:
                     first = values[0]
                     consistent &= all(torch.equal(first, v) for v in values[1:])

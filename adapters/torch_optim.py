@@ -3,7 +3,9 @@ and state_dicts in torch's format, so checkpoints load both ways.
 
 Each class names its functional alias and a table from torch's per-param state keys to
 the names of the matching state leaves (``"<StateClass>.<field>"``, see ``state_io``).
-``foreach``/``fused`` are accepted and ignored (the engine chooses); ``capturable`` and
+``foreach`` is accepted and ignored (the engine chooses), and so is ``fused`` except that
+``fused=False`` keeps the functional update in the drop-ins whose eager steps may run
+torch's fused kernels (Adam, AdamW, SGD, Adagrad: ``adapters.fused``); ``capturable`` and
 ``differentiable`` are refused (differentiate through steps with functional_optim
 directly). ``compile=True`` selects the compiled step (see FunctionalOptimizer).
 """
@@ -223,6 +225,9 @@ class RMSprop(_TorchCompatible):
 class Adagrad(_TorchCompatible):
     """``torch.optim.Adagrad`` on the functional engine (``fo.adagrad``), with torch's signature.
 
+    Eager steps run torch's fused Adagrad kernel on this optimizer's state where it applies
+    (``adapters.fused``; ``fused=False`` keeps the functional update).
+
     Example:
       >>> import torch
       >>> from adapters import Adagrad
@@ -234,6 +239,7 @@ class Adagrad(_TorchCompatible):
 
     _state_keys = {"step": ("ScaleByRssState.count",), "sum": ("ScaleByRssState.sum_of_squares",)}
     _eager_state = True
+    _fused_family = "adagrad"
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, lr_decay: float = 0,
                  weight_decay: float = 0, initial_accumulator_value: float = 0, eps: float = 1e-10,

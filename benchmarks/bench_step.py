@@ -1,8 +1,9 @@
 """Optimizer step speed: functional_optim's adapter against torch.optim, timed round-robin in one run.
 
-For Adam, AdamW, SGD with momentum, Adagrad, RMSprop and a clipped AdamW chain, on (a) one
-10M-element tensor ("big") and (b) the 161 parameter shapes of ResNet-50 (25.6M elements,
-"resnet50"), the step time of:
+For every torch-named drop-in (Adam, AdamW, SGD with momentum, Adagrad, RMSprop plain, with
+momentum and centered, Adadelta, Adamax, NAdam, RAdam, ASGD, Rprop) and a clipped AdamW
+chain, on (a) one 10M-element tensor ("big") and (b) the 161 parameter shapes of ResNet-50
+(25.6M elements, "resnet50"), the step time of:
 
   torch for-loop   torch.optim with foreach=False
   torch foreach    foreach=True
@@ -29,18 +30,21 @@ round-robin: each of ``--rounds`` rounds runs every variant ``--iters`` steps (t
 of the round rotates), and a variant's time is the median over rounds of the mean time per
 step. All ratios in a table come from the same rounds, so drift hits every variant alike.
 GB/s counts the bytes an ideal fp32 kernel must move per element (Adam/AdamW 28: read p,
-g, m, v, write p, m, v; SGD momentum, Adagrad, RMSprop 20; clip 32: Adam's 28 plus reading
-g once more for the norm) and "% triad" compares it with the triad of the same rounds,
-counted at the 16 B/element it really moves (reads b and c, writes a, and reads a's cache
+g, m, v, write p, m, v; likewise 28 for every optimizer with two state tensors: RMSprop
+with momentum or centered, Adadelta, Adamax, NAdam, RAdam, Rprop; SGD momentum, Adagrad,
+RMSprop 20; ASGD 16: read p, g, write p and its average, which is a copy until step t0;
+clip 32: Adam's 28 plus reading g once more for the norm) and "% triad" compares it with
+the triad of the same rounds, counted at the 16 B/element it really moves (reads b and c, writes a, and reads a's cache
 lines before writing them: write-allocate; an optimizer's writes go to lines it has just
 read, so its ideal bytes need no such term). Ratios "ours eager / this" and "ours
 compiled / this" are time ratios: below 1, ours is faster than that row.
 
 Usage:
-  python benchmarks/bench_step.py                         # everything (~15 min here; torch's compile of its own step takes 1-2 min per optimizer on resnet50)
+  python benchmarks/bench_step.py                         # everything (~40 min here; torch's compile of its own step takes 1-2 min per optimizer on resnet50)
   python benchmarks/bench_step.py --quick                 # small sizes, CI smoke
   python benchmarks/bench_step.py --optimizers adam clip --sets big --rounds 9
   python benchmarks/bench_step.py --skip 'torch compiled' --json step.json
+  python benchmarks/bench_step.py --optimizers rmsprop asgd --skip 'torch compiled' 'ours compiled' --threads 1
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ from typing import Any, Callable
 import torch
 
 import functional_optim as fo
-from adapters import SGD, Adagrad, Adam, AdamW, FunctionalOptimizer, RMSprop
+from adapters import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, FunctionalOptimizer, NAdam, RAdam,
+                      RMSprop, Rprop)
 
 HERE = Path(__file__).resolve().parent
 SHAPES_FILE = HERE / "data" / "resnet50_shapes.json"  # torchvision resnet50, named_parameters() order
@@ -100,6 +105,16 @@ SPECS: dict[str, Spec] = {
                 lambda p, **c: SGD(p, lr=1e-2, momentum=0.9, **c), True),
     "adagrad": Spec(20, dict(lr=1e-2), torch.optim.Adagrad, lambda p, **c: Adagrad(p, lr=1e-2, **c), True),
     "rmsprop": Spec(20, dict(lr=1e-2), torch.optim.RMSprop, lambda p, **c: RMSprop(p, lr=1e-2, **c), False),
+    "rmsprop_momentum": Spec(28, dict(lr=1e-2, momentum=0.9), torch.optim.RMSprop,
+                             lambda p, **c: RMSprop(p, lr=1e-2, momentum=0.9, **c), False),
+    "rmsprop_centered": Spec(28, dict(lr=1e-2, centered=True), torch.optim.RMSprop,
+                             lambda p, **c: RMSprop(p, lr=1e-2, centered=True, **c), False),
+    "adadelta": Spec(28, dict(lr=1.0), torch.optim.Adadelta, lambda p, **c: Adadelta(p, lr=1.0, **c), False),
+    "adamax": Spec(28, dict(lr=2e-3), torch.optim.Adamax, lambda p, **c: Adamax(p, lr=2e-3, **c), False),
+    "nadam": Spec(28, dict(lr=2e-3), torch.optim.NAdam, lambda p, **c: NAdam(p, lr=2e-3, **c), False),
+    "radam": Spec(28, dict(lr=1e-3), torch.optim.RAdam, lambda p, **c: RAdam(p, lr=1e-3, **c), False),
+    "asgd": Spec(16, dict(lr=1e-2), torch.optim.ASGD, lambda p, **c: ASGD(p, lr=1e-2, **c), False),
+    "rprop": Spec(28, dict(lr=1e-2), torch.optim.Rprop, lambda p, **c: Rprop(p, lr=1e-2, **c), False),
     "clip": Spec(32, dict(lr=1e-3, weight_decay=1e-2), torch.optim.AdamW,
                  lambda p, **c: FunctionalOptimizer(p, clip_adamw, lr=1e-3, max_norm=MAX_NORM,
                                                     weight_decay=1e-2, **c), True, clip=True),
@@ -313,6 +328,7 @@ def print_table(set_name: str, name: str, result: dict[str, Any]) -> None:
 
 SUMMARY_COLUMNS = [
     ("eager/for-loop", "ours eager", "torch for-loop"),
+    ("eager/foreach", "ours eager", "torch foreach"),
     ("eager/fused", "ours eager", "torch fused"),
     ("compiled/fused", "ours compiled", "torch fused"),
     ("torch-compiled/compiled", "torch compiled", "ours compiled"),
@@ -339,9 +355,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("\nSummary: time ratios from the same rounds (< 1: the first named is faster; "
           "eager/compiled = ours)")
     for set_name, s in summary.items():
-        print(f"\n  {set_name:<10}" + "".join(f"{col:>25}" for col, _, _ in SUMMARY_COLUMNS))
+        width = max([10, len(set_name), *map(len, s["ratios"])])
+        print(f"\n  {set_name:<{width}}" + "".join(f"{col:>25}" for col, _, _ in SUMMARY_COLUMNS))
         for name, row in s["ratios"].items():
-            print(f"  {name:<10}" + "".join(f"{_f(row[col], '.2f'):>25}" for col, _, _ in SUMMARY_COLUMNS))
+            print(f"  {name:<{width}}" + "".join(f"{_f(row[col], '.2f'):>25}" for col, _, _ in SUMMARY_COLUMNS))
         print(f"  clip chain compiled / torch fused Adam (no clip): "
               f"{_f(s['clip_compiled_over_torch_fused_adam'], '.2f')}")
 
@@ -378,6 +395,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--skip", nargs="*", default=[], metavar="LABEL",
                         help="variant labels to leave out, e.g. 'torch compiled'")
     parser.add_argument("--json", type=Path, default=None, help="also write all numbers to this file")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for the run (default: torch's; 1 steadies a shared machine)")
     args = parser.parse_args(argv)
     unknown = set(args.skip) - set(VARIANTS) - {CLIP_REF}
     if unknown:
@@ -392,6 +411,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         resnet = resnet50_shapes()
         sets["resnet50"] = [s for s in resnet if len(s) == 1][:40] if args.quick else resnet
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads; {rounds} rounds x {iters} steps per variant, "
           f"round-robin; median over rounds of the mean step time")

@@ -11,14 +11,16 @@ of tensors, built by chaining small transforms::
 """
 
 from . import _compat  # noqa: F401  (torch workarounds, applied at import)
-from . import kernels, tree
+from . import kernels, segments, tree
 from .aliases import adam, adamw, sgd
 from .aliases import adadelta, adagrad, adamax, rmsprop
 from .aliases import asgd, nadam, radam, rprop
+from .aliases import lamb, lars
 from . import linesearch
 from . import implicit
 from .implicit import custom_root, hvp, solve_cg, solve_normal_cg, stationary_point
 from .aliases import LBFGSState, lbfgs, sparse_adam
+from .aliases import novograd  # torch.optim has no Novograd: the name is free at top level
 from .base import (EmptyState, GradientTransformation, OptState, Params, Schedule, ScalarOrSchedule,
                    Updates, identity, is_elementwise, mark_elementwise, set_to_zero, Needs, declare, needs,
                    stateless)
@@ -32,6 +34,7 @@ from .transforms import (ScaleByAdaDeltaState, ScaleByAdamaxState, ScaleByRssSta
 from .transforms import (ScaleByAsgdState, ScaleByNadamState, ScaleByRpropState, scale_by_asgd,
                          scale_by_nadam, scale_by_radam, scale_by_rprop)
 from .transforms import ScaleBySparseAdamState, SparseRows, scale_by_sparse_adam
+from .transforms import ScaleByNovogradState, scale_by_novograd
 from .transforms import (AddNoiseState, NonNegativeParamsState, ZeroNansState, adaptive_grad_clip,
                          add_noise, centralize, clip_by_block_rms, keep_params_nonnegative,
                          scale_by_trust_ratio, zero_nans)
@@ -45,6 +48,7 @@ from .wrappers import (apply_if_finite, ApplyIfFiniteState, conditionally_mask,
                        ParamEmaState, partition, PartitionState, selective_transform,
                        skip_large_updates, skip_not_finite, snapshot, SnapshotState)
 from .updates import apply_updates, apply_updates_
+from . import monai  # monai.optimizers' functional side (MONAI is never imported)
 from .schedules import (constant_schedule, cosine_decay_schedule, cosine_onecycle_schedule,
                         exponential_decay, exponential_range_schedule, join_schedules,
                         linear_onecycle_schedule, linear_range_schedule, linear_schedule,
@@ -56,7 +60,7 @@ from .schedules import (constant_schedule, cosine_decay_schedule, cosine_onecycl
 __version__ = "0.1.0"
 
 __all__ = [
-    "kernels", "tree",
+    "kernels", "segments", "tree",
     "GradientTransformation", "EmptyState", "Params", "Updates", "OptState", "Schedule",
     "ScalarOrSchedule", "identity", "stateless", "set_to_zero", "mark_elementwise", "is_elementwise", "Needs", "declare", "needs",
     "chain", "named_chain", "apply_updates", "apply_updates_",
@@ -71,10 +75,11 @@ __all__ = [
     "rmsprop", "adagrad", "adadelta", "adamax",
     "scale_by_nadam", "scale_by_radam", "scale_by_asgd", "scale_by_rprop",
     "ScaleByNadamState", "ScaleByAsgdState", "ScaleByRpropState",
-    "nadam", "radam", "asgd", "rprop",
+    "nadam", "radam", "asgd", "rprop", "lamb", "lars",
     "implicit", "custom_root", "stationary_point", "hvp", "solve_cg", "solve_normal_cg",
     "linesearch", "lbfgs", "LBFGSState", "sparse_adam", "scale_by_sparse_adam",
     "ScaleBySparseAdamState", "SparseRows",
+    "monai", "novograd", "scale_by_novograd", "ScaleByNovogradState",
     "AddNoiseState", "NonNegativeParamsState", "ZeroNansState", "adaptive_grad_clip", "add_noise",
     "centralize", "clip_by_block_rms", "keep_params_nonnegative", "scale_by_trust_ratio", "zero_nans",
     "wrappers", *wrappers.__all__,

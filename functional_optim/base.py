@@ -123,35 +123,67 @@ _NEEDS = "_functional_optim_needs"
 class Needs(enum.IntEnum):
     """What a transform's math needs beyond elementwise operations, from least to most.
 
-    The torch.optim adapter reads this to choose how to run a transform:
+    Every transform declares one level with :func:`declare` (a combinator declares the
+    most any of its parts needs; a transform that declares nothing counts as ``MATRIX``,
+    the safe default). The torch.optim adapter reads it to choose how to run a group:
+    with ``compile=True``, a transform needing at most ``PER_PARAM`` runs on **flat
+    buffers** (the group's params packed per (device, dtype) into one tensor: one
+    compiled graph whose size and compile time do not grow with the number of params);
+    ``LEAVES`` and ``MATRIX`` transforms see one leaf per param.
 
     * ``ELEMENTWISE``: every entry is updated independently of the others (Adam, SGD,
       weight decay, schedules). The result on params packed into one flat tensor equals
       the result on the separate leaves.
     * ``GLOBAL``: also reductions over all entries of all leaves together (global norm
-      clipping, all-finite checks). Still exact on flat buffers: a sum over the buffers is
-      a sum over the leaves (up to the order of additions).
-    * ``PER_PARAM``: reductions or choices per leaf (per-tensor norms, trust ratios,
-      per-leaf masks and labels, centralisation): the transform must see each param as
-      its own leaf.
-    * ``MATRIX``: a leaf's shape matters (factored moments, orthogonalisation, reshapes).
-      The default for a transform that declares nothing.
+      clipping, all-finite checks). Exact on flat buffers: a sum over the buffers is a
+      sum over the leaves (up to the order of additions).
+    * ``PER_PARAM``: also reductions per leaf whose results every leaf uses the same way:
+      per-tensor norms, RMS and means, trust ratios (LARS, LAMB), per-param clipping
+      (:func:`~functional_optim.clip_by_block_rms`). On flat buffers they run as
+      segmented reductions, one segment per param (:mod:`functional_optim.segments`).
+      Such a transform must take its per-leaf reductions from the kernels
+      (:func:`kernels.norms <functional_optim.kernels.norms>`, ``rms``, ``means`` and
+      ``unit_norms`` over whole tensors) and combine the resulting per-leaf scalars with
+      kernels, ``kernels.leafwise`` or elementwise torch ops: on a flat buffer a per-leaf
+      0-d scalar becomes a ``(nblocks, 1)`` tensor that broadcasts against the
+      buffer's ``(nblocks, B)`` view. It must not read a leaf's ``numel``, ``shape`` or
+      ``dim`` (use ``kernels.rms`` rather than ``norm / sqrt(numel)``), nor use a scalar
+      on the host, nor map zero updates, params and state to nonzero ones (padding).
+    * ``LEAVES``: choices that tell leaves apart by their position or label: masks
+      (:func:`~functional_optim.masked`, ``add_decayed_weights(mask=...)``), partitions
+      and labels (:func:`~functional_optim.partition`, ``multi_transform``), noise keyed
+      by leaf position (:func:`~functional_optim.add_noise`). The transform must see
+      each param as its own leaf.
+    * ``MATRIX``: a leaf's shape matters (per-row or per-unit norms as in
+      :func:`~functional_optim.adaptive_grad_clip` and
+      :func:`~functional_optim.centralize`, factored moments, orthogonalisation,
+      reshapes). The default for a transform that declares nothing.
 
-    ``ELEMENTWISE`` and ``GLOBAL`` transforms run on the adapter's flat buffers (one graph
-    per (device, dtype) bucket, compile time independent of the number of params); the
-    others see per-parameter leaves.
+    This replaces the older yes/no :func:`is_elementwise` (still available:
+    ``needs(tx) == ELEMENTWISE``).
+
+    Example:
+      >>> import functional_optim as fo
+      >>> fo.needs(fo.chain(fo.clip_by_block_rms(1.0), fo.adam()))
+      <Needs.PER_PARAM: 2>
+      >>> fo.needs(fo.masked(fo.adam(), lambda p: [True] * len(p)))
+      <Needs.LEAVES: 3>
     """
 
     ELEMENTWISE = 0
     GLOBAL = 1
     PER_PARAM = 2
-    MATRIX = 3
+    LEAVES = 3
+    MATRIX = 4
 
 
 def declare(tx: GradientTransformation, needs: Needs) -> GradientTransformation:
     """Declare what ``tx`` needs beyond elementwise math (see :class:`Needs`); returns ``tx``.
 
-    A combinator declares the most any of its parts needs (:func:`needs_of_all`).
+    Declare the least level that is true of the whole update: the adapter runs a
+    ``PER_PARAM`` transform on flat buffers, where a leaf's shape and position are not
+    available (see :class:`Needs` for the rules). A combinator declares the most any of
+    its parts needs (:func:`needs_of_all`).
 
     Example:
       >>> import functional_optim as fo
@@ -190,5 +222,6 @@ def mark_elementwise(tx: GradientTransformation) -> GradientTransformation:
 
 
 def is_elementwise(tx: GradientTransformation) -> bool:
-    """Whether ``tx`` declared :attr:`Needs.ELEMENTWISE`."""
+    """Whether ``tx`` declared :attr:`Needs.ELEMENTWISE` (the older form of
+    ``needs(tx) == Needs.ELEMENTWISE``; :func:`needs` tells the other levels apart)."""
     return needs(tx) == Needs.ELEMENTWISE

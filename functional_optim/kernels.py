@@ -27,11 +27,14 @@ every value it saved. Plain eager and compiled steps keep their in-place writes.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from numbers import Number
 from typing import Any
 
 import torch
+
+from . import segments as _seg
 
 Tensor = torch.Tensor
 TensorList = list[Tensor]
@@ -44,7 +47,8 @@ __all__ = [
     "select_by_sign", "scalars_for",
     "gather_sparse", "scatter_sparse", "sparse_like", "rows_to_dense", "row_masks",
     "norms", "global_norm", "vdot", "all_finite", "count_nonfinite", "leafwise", "norm_dtype",
-    "masked_fill", "mul_real", "means", "unit_norms", "writes_in_place",
+    "masked_fill", "mul_real", "means", "unit_norms", "rms", "writes_in_place",
+    "scaled_div", "div_root", "mul_root",
 ]
 
 _FOREACH_POLICY: bool | None = None  # None: automatic (see use_foreach)
@@ -335,6 +339,41 @@ def _fused_with_tensor_value(op: str, xs: Sequence[Tensor], a: Sequence[Tensor],
     return cast(results, _result_dtypes(xs, a, b))
 
 
+def scaled_div(xs: Sequence[Tensor], ys: Sequence[Tensor], value: Scalar = 1, *, donate: bool = False,
+               out: Sequence[Tensor] | None = None) -> TensorList:
+    """``value * x / y``, rounded as torch's ``addcdiv`` rounds its term: ``(value * x) / y``.
+
+    ``value`` is a number, a 0-d tensor or a list of them. Written in place (``donate`` or
+    ``out``) eagerly, this is one pass over memory: ``addcdiv`` into a 0-d zero (adding
+    zero is exact; a zero result is +0). Otherwise ``mul``, then ``div`` (differentiable).
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.scaled_div([torch.tensor([1.0, 3.0])], [torch.tensor([2.0, 4.0])], -2.0)
+      [tensor([-1.0000, -1.5000])]
+    """
+    if not _one_pass(donate, out, xs, ys):
+        if _is_number(value) and value == 1:
+            return div(xs, ys, donate=donate, out=out)
+        scaled = mul(xs, value, donate=donate, out=out)
+        return div(scaled, ys, donate=True)  # the donated or given buffers, or a fresh product
+    targets = xs if donate else out
+    for i, (x, y, t) in enumerate(zip(xs, ys, targets)):
+        _scaled_div_into(_real(x), _real(y), _nth(value, i), _real(t))
+    return list(targets)
+
+
+def _one_pass(donate: bool, out: Sequence[Tensor] | None, *lists: Sequence[Tensor]) -> bool:
+    # whether a fused per-tensor sequence may write in place: eager, per-tensor kernels
+    # (not foreach), one dtype per tensor, nothing being differentiated (out= ops are not)
+    if not writes_in_place(donate or out is not None) or torch.compiler.is_compiling():
+        return False
+    tensors = [t for ts in lists for t in ts]
+    if use_foreach(tensors) or _differentiating(tensors):
+        return False
+    return all(len({t.dtype for t in ts}) == 1 for ts in zip(*lists))
+
+
 def maximum(xs: Sequence[Tensor], others: Sequence[Tensor], *, donate: bool = False,
             out: Sequence[Tensor] | None = None) -> TensorList:
     """Elementwise ``max(x, other)``."""
@@ -377,6 +416,124 @@ def _sqrt_zero_derivative(x: Tensor) -> Tensor:
     # the root of the other entries never sees a 0, so no inf enters the backward pass
     zero = x == 0
     return torch.where(zero, x.detach(), torch.sqrt(torch.where(zero, torch.ones_like(x), x)))
+
+
+def div_root(xs: Sequence[Tensor], ss: Sequence[Tensor], eps: Scalar = 0.0, value: Scalar = 1, *,
+             eps_root: Scalar = 0.0, divisor: Scalar | None = None, centers: Sequence[Tensor] | None = None,
+             donate: bool = False, out: Sequence[Tensor] | None = None) -> TensorList:
+    """``value * x / (sqrt(s / divisor - c**2 + eps_root) + eps)`` per tensor: the update
+    normalised by a root of a second moment (RMSprop, centered RMSprop, Adagrad, NAdam).
+
+    Args:
+      xs: the numerators (overwritten when ``donate``).
+      ss: the second moments (read only).
+      eps: added to the root. Default 0.
+      value: the scale of the result (number, 0-d tensor or list of them). Default 1.
+      eps_root: added under the root. Default 0.
+      divisor: ``s`` is divided by it first (e.g. a bias correction); None (default): not.
+      centers: tensors ``c`` whose square is subtracted under the root; None (default): none.
+      donate, out: as every kernel.
+
+    Written in place (``donate`` or ``out``, eagerly), the denominator of one tensor at a
+    time is made in a scratch buffer reused for every tensor (see :func:`_scratch_like`),
+    so nothing param-sized is allocated; the operations and their rounding are those of
+    the separate kernels (``div``, ``addcmul``, ``add``, ``sqrt``, ``add``,
+    :func:`scaled_div`). Otherwise it is computed from those kernels, with the derivative
+    of :func:`sqrt`.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.div_root([torch.tensor([3.0, -4.0])], [torch.tensor([9.0, 16.0])], 1.0, 2.0)
+      [tensor([ 1.5000, -1.6000])]
+    """
+    extra = [centers] if centers is not None else []
+    if not _one_pass(donate, out, xs, ss, *extra):
+        d, own = list(ss), False
+        if divisor is not None:
+            d, own = div(d, divisor), True
+        if centers is not None:
+            d, own = addcmul(d, centers, centers, -1, donate=own), True
+        if not _is_zero_number(eps_root):
+            d, own = add(d, eps_root, donate=own), True
+        d = sqrt(d, donate=own)
+        if not _is_zero_number(eps):  # a fresh root, but sqrt saved it for backward
+            d = add(d, eps, donate=not _differentiating(d))
+        return scaled_div(xs, d, value, donate=donate, out=out)
+    targets = xs if donate else out
+    for i, (x, s, t) in enumerate(zip(xs, ss, targets)):
+        rs = _real(s)
+        d = _scratch_like(rs)
+        src = rs
+        if divisor is not None:
+            src = torch.div(src, _nth(divisor, i), out=d)
+        if centers is not None:
+            c = _real(centers[i])
+            src = torch.addcmul(src, c, c, value=-1, out=d)
+        if not _is_zero_number(eps_root):
+            src = torch.add(src, _nth(eps_root, i), out=d)
+        torch.sqrt(src, out=d)
+        if not _is_zero_number(eps):
+            d.add_(_nth(eps, i))
+        _scaled_div_into(_real(x), d, _nth(value, i), _real(t))
+    return list(targets)
+
+
+def mul_root(xs: Sequence[Tensor], ss: Sequence[Tensor], eps_root: Scalar = 0.0, *, donate: bool = False,
+             out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x * sqrt(s + eps_root)`` per tensor (Adadelta's numerator); in place without a
+    param-sized allocation, as :func:`div_root`.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.mul_root([torch.tensor([1.0, 2.0])], [torch.tensor([3.0, 8.0])], 1.0)
+      [tensor([2., 6.])]
+    """
+    if not _one_pass(donate, out, xs, ss):
+        root = sqrt(add(ss, eps_root), donate=True)  # a fresh sum: ours to overwrite
+        return mul(xs, root, donate=donate, out=out)
+    targets = xs if donate else out
+    for i, (x, s, t) in enumerate(zip(xs, ss, targets)):
+        rs = _real(s)
+        d = torch.add(rs, _nth(eps_root, i), out=_scratch_like(rs))
+        torch.mul(_real(x), d.sqrt_(), out=_real(t))
+    return list(targets)
+
+
+def _scaled_div_into(x: Tensor, y: Tensor, value: Any, target: Tensor) -> None:
+    # (value * x) / y into ``target``; a 0-d CPU tensor value is read as the number it holds
+    # (no device sync there), which scales as torch scales by a number of the tensor's dtype
+    if isinstance(value, Tensor) and value.dim() == 0 and value.device.type == "cpu" == x.device.type \
+            and not value.is_complex():
+        value = value.item()
+    if _is_number(value) and value == 1:
+        torch.div(x, y, out=target)
+    elif _is_number(value):
+        torch.addcdiv(torch.zeros((), dtype=x.dtype, device=x.device), x, y, value=value, out=target)
+    else:
+        torch.mul(x, value, out=target).div_(y)
+
+
+def _is_zero_number(value: Any) -> bool:
+    return _is_number(value) and value == 0
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch_like(x: Tensor) -> Tensor:
+    """A contiguous buffer shaped like ``x``, for an intermediate that dies before the next
+    call: on the CPU one buffer per dtype (and thread), grown to the largest tensor seen
+    and kept (as much memory as torch's for-loop holds for one temporary), so steps do not
+    fault in fresh pages for every temporary (glibc maps a block over 32 MB anew at each
+    allocation); on accelerators (caching allocators) and under ``torch.compile``, a
+    fresh tensor."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    arenas = _SCRATCH.__dict__.setdefault("arenas", {})
+    buf = arenas.get(x.dtype)
+    if buf is None or buf.numel() < x.numel():
+        buf = arenas[x.dtype] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+    return buf[:x.numel()].view(x.shape)
 
 
 def sign(xs: Sequence[Tensor], *, donate: bool = False,
@@ -631,19 +788,54 @@ def row_masks(likes: Sequence[Tensor], indices: Sequence[Tensor]) -> TensorList:
 
 
 def norms(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> TensorList:
-    """The 2-norm of each tensor as 0-d tensors (complex: sqrt of sum |z|^2).
+    """The 2-norm of each tensor, ``sqrt(sum |x|^2)``, as 0-d tensors (complex: sqrt of sum |z|^2).
 
-    ``dtype`` sets the accumulation dtype (default: the widest of the inputs).
+    ``dtype`` sets the accumulation dtype (default: the widest of the inputs). On a
+    segmented flat buffer (:mod:`functional_optim.segments`) the result is the norm of each
+    param's segment, as a ``(nblocks, 1)`` tensor that broadcasts like a per-param 0-d one.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.norms([torch.tensor([3.0, 4.0]), torch.ones(4)])
+      [tensor(5.), tensor(2.)]
     """
     if not xs:
         return []
     real = [_real(x) for x in xs]
     dtype = dtype or _widest(real)
+    segs = _seg.lookup(real)
+    if segs is not None:
+        return [_segment_norm(x, s, dtype) if s is not None else torch.linalg.vector_norm(x, dtype=dtype)
+                for x, s in zip(real, segs)]
     if _differentiating(real):
         return [_vector_norm(x, None, False, dtype) for x in real]
     if use_foreach(real):
         return list(torch._foreach_norm(real, 2, dtype=dtype))
     return [torch.linalg.vector_norm(x, dtype=dtype) for x in real]
+
+
+def _segment_norm(x: Tensor, segs: _seg.Segments, dtype: torch.dtype) -> Tensor:
+    # sqrt of the per-segment sum of squares, broadcast back to the blocks
+    return _seg.broadcast(_seg.sums(x, segs, dtype, square=True).sqrt(), segs)
+
+
+def rms(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> TensorList:
+    """The root mean square of each tensor, ``sqrt(mean |x|^2) = ||x|| * numel**-0.5``, as
+    0-d tensors (NaN for an empty tensor); per segment on a segmented flat buffer.
+
+    ``dtype`` as in :func:`norms`.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.rms([torch.tensor([3.0, 4.0]), torch.ones(4)])
+      [tensor(3.5355), tensor(1.)]
+    """
+    if not xs:
+        return []
+    segs = _seg.lookup([_real(x) for x in xs]) or [None] * len(xs)
+    out = norms(xs, dtype)
+    return [n * _seg.broadcast(s.rsqrt_numels, s).to(n.dtype) if s is not None
+            else n * (x.numel() ** -0.5 if x.numel() else float("nan")) for n, x, s in zip(out, xs, segs)]
 
 
 def _vector_norm(x: Tensor, dim: Any, keepdim: bool, dtype: torch.dtype) -> Tensor:
@@ -664,17 +856,40 @@ def _dims_for(dims: Any, i: int) -> tuple[int, ...] | None:
     return None if d is None else ((d,) if isinstance(d, int) else tuple(d))
 
 
+def _whole(dims: tuple[int, ...] | None, x: Tensor) -> bool:
+    # whether ``dims`` (from _dims_for) reduce every dimension of ``x``
+    return not dims or sorted(a % x.dim() for a in dims) == list(range(x.dim()))
+
+
+def _check_whole(dims: tuple[int, ...] | None, x: Tensor, what: str) -> None:
+    if not _whole(dims, x):
+        raise ValueError(f"{what} over dims {dims} of a flat buffer: per-unit reductions need each param "
+                         "as its own tensor (declare the transform Needs.MATRIX)")
+
+
 def unit_norms(xs: Sequence[Tensor], dims: Any, dtype: torch.dtype | None = None) -> TensorList:
     """The 2-norm of each tensor over ``dims`` with ``keepdim`` (complex: ``sqrt(sum |z|^2)``).
 
     ``dims`` is one int/tuple for every tensor, or a list with one per tensor; None or an
     empty tuple reduces over every dimension. ``dtype``: the accumulation and result dtype
-    (default: the tensor's real dtype, at least float32).
+    (default: the tensor's real dtype, at least float32). On a segmented flat buffer only
+    whole-tensor norms exist (one per segment, ``(nblocks, 1)``); other ``dims`` raise.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.unit_norms([torch.tensor([[3.0, 4.0], [0.0, 1.0]])], dims=1)
+      [tensor([[5.],
+              [1.]])]
     """
+    segs = _seg.lookup(list(xs)) or [None] * len(xs)
     results = []
-    for i, x in enumerate(xs):
+    for i, (x, s) in enumerate(zip(xs, segs)):
         d = _dims_for(dims, i)
         acc = dtype or torch.promote_types(x.real.dtype if x.is_complex() else x.dtype, torch.float32)
+        if s is not None:
+            _check_whole(d, x, "unit_norms")
+            results.append(_segment_norm(x, s, acc))
+            continue
         d = tuple(a % x.dim() for a in d) if d and x.dim() else tuple(range(x.dim()))
         if x.is_complex():  # the component axis joins the reduction
             n = _vector_norm(torch.view_as_real(x), d + (-1,), True, acc)
@@ -685,10 +900,25 @@ def unit_norms(xs: Sequence[Tensor], dims: Any, dtype: torch.dtype | None = None
 
 
 def means(xs: Sequence[Tensor], dims: Any) -> TensorList:
-    """The mean of each tensor over ``dims`` with ``keepdim`` (``dims`` as in :func:`unit_norms`)."""
+    """The mean of each tensor over ``dims`` with ``keepdim`` (``dims`` as in :func:`unit_norms`);
+    on a segmented flat buffer, whole-tensor means only (one per segment, ``(nblocks, 1)``).
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.means([torch.tensor([[1.0, 3.0], [5.0, 7.0]])], dims=1)
+      [tensor([[2.],
+              [6.]])]
+    """
+    segs = _seg.lookup(list(xs)) or [None] * len(xs)
     results = []
-    for i, x in enumerate(xs):
+    for i, (x, s) in enumerate(zip(xs, segs)):
         d = _dims_for(dims, i)
+        if s is not None:
+            _check_whole(d, x, "means")
+            acc = _opmath(x.dtype)
+            mean = _seg.sums(x, s, acc) / s.numels.to(acc)
+            results.append(_seg.broadcast(mean, s).to(x.dtype))
+            continue
         results.append(x.mean(dim=d or None, keepdim=True))
     return results
 
@@ -696,10 +926,17 @@ def means(xs: Sequence[Tensor], dims: Any) -> TensorList:
 def global_norm(xs: Sequence[Tensor], dtype: torch.dtype | None = None, *,
                 squared: bool = False) -> Tensor | None:
     """``sqrt(sum_i ||x_i||^2)`` as one 0-d tensor (None when ``xs`` is empty); with
-    ``squared``, ``sum_i ||x_i||^2`` (each norm squared, then summed)."""
+    ``squared``, ``sum_i ||x_i||^2`` (each norm squared, then summed). A segmented flat
+    buffer counts as one tensor (its padding masked out)."""
     if not xs:
         return None
-    per_tensor = torch.stack(norms(xs, dtype))
+    segs = _seg.lookup([_real(x) for x in xs])
+    if segs is not None:  # whole-buffer norms, not per-segment ones
+        xs = [_seg.unpadded(_real(x), s) for x, s in zip(xs, segs)]
+        dtype = dtype or _widest(xs)
+        per_tensor = torch.stack([torch.linalg.vector_norm(x, dtype=dtype) for x in xs])
+    else:
+        per_tensor = torch.stack(norms(xs, dtype))
     if squared:
         return per_tensor.square().sum()
     return _vector_norm(per_tensor, None, False, per_tensor.dtype)
@@ -712,6 +949,12 @@ def norm_dtype(xs: Sequence[Tensor]) -> torch.dtype:
     for x in xs:
         dtype = torch.promote_types(dtype, x.real.dtype if x.is_complex() else x.dtype)
     return dtype
+
+
+def _unpadded(xs: Sequence[Tensor]) -> Sequence[Tensor]:
+    # segmented flat buffers with their padding zeroed (no host sync, fused when compiled)
+    segs = _seg.lookup(list(xs))
+    return xs if segs is None else [_seg.unpadded(x, s) for x, s in zip(xs, segs)]
 
 
 def _on_one_device(flags: list[Tensor]) -> list[Tensor]:
@@ -730,6 +973,7 @@ def all_finite(xs: Sequence[Tensor]) -> Tensor:
     """
     if not xs:
         return torch.tensor(True)
+    xs = _unpadded(xs)
     return torch.stack(_on_one_device([torch.isfinite(x).all() for x in xs])).all()
 
 
@@ -744,6 +988,7 @@ def count_nonfinite(xs: Sequence[Tensor]) -> Tensor:
     """
     if not xs:
         return torch.zeros((), dtype=torch.int64)
+    xs = _unpadded(xs)
     return torch.stack(_on_one_device([(~torch.isfinite(x)).sum() for x in xs])).sum()
 
 
@@ -759,6 +1004,12 @@ def leafwise(fn: Any, *columns: Sequence[Tensor],
     are materialised in a tiny kernel of their own (a padded concatenation that inductor
     cannot fold away), so per-step scalars such as ``b**t`` are not recomputed for every
     element of the big update kernel. Columns on several devices are computed per tensor.
+
+    Per-segment scalars of a segmented flat buffer (``(nblocks, 1)`` tensors from
+    :func:`norms` and friends, see :mod:`functional_optim.segments`) are computed per
+    buffer: ``fn`` then receives each buffer's ``(nblocks, 1)`` tensors (and the 0-d ones
+    of other columns, e.g. step counts), elementwise as before, and the results keep
+    that shape.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -776,10 +1027,39 @@ def leafwise(fn: Any, *columns: Sequence[Tensor],
             return tuple([p[j][0] for p in parts] for j in range(len(parts[0])))
         return [p[0] for p in parts]
     dtype = _nth(dtype, 0)
+    if any(t.dim() for c in columns for t in c):
+        return _per_segment(fn, columns, dtype, n)
     vectors = [torch.stack(list(c)) if dtype is None else torch.stack(list(c)).to(dtype) for c in columns]
     out = fn(*vectors)
     split = _split_scalars(*(out if isinstance(out, tuple) else (out,)), n=n)
     return tuple(split) if isinstance(out, tuple) else split[0]
+
+
+def _per_segment(fn: Any, columns: Sequence[Sequence[Tensor]], dtype: torch.dtype | None, n: int) -> Any:
+    # leafwise one buffer at a time, on (nblocks, 1) per-segment scalars; a 0-d entry (a
+    # buffer's step count) joins as a 1-element vector, so type promotion is a vector's
+    parts = []
+    for i in range(n):
+        args = [c[i] if c[i].dim() else c[i].reshape(1) for c in columns]
+        args = [a if dtype is None else a.to(dtype) for a in args]
+        out = fn(*args)
+        values = _materialize(*(out if isinstance(out, tuple) else (out,)),
+                              shape=torch.broadcast_shapes(*(a.shape for a in args)))
+        if not any(c[i].dim() for c in columns):  # a tensor that is not a buffer: 0-d as usual
+            values = [v.reshape(()) for v in values]
+        parts.append((values, isinstance(out, tuple)))
+    outs = [list(p) for p in zip(*(values for values, _ in parts))]
+    return tuple(outs) if parts[0][1] else outs[0]
+
+
+def _materialize(*values: Any, shape: torch.Size) -> list[Tensor]:
+    # values broadcast to ``shape``, computed in one small kernel of their own (see leafwise)
+    like = next(v for v in values if isinstance(v, Tensor))
+    parts = [torch.broadcast_to(torch.as_tensor(v, dtype=like.dtype, device=like.device), shape).reshape(-1)
+             for v in values]
+    flat = torch.cat(parts + [parts[0].new_zeros(1)])
+    size = parts[0].numel()
+    return [flat[j * size:(j + 1) * size].view(shape) for j in range(len(values))]
 
 
 def _split_scalars(*vectors: Any, n: int) -> list[list[Tensor]]:
@@ -791,10 +1071,13 @@ def _split_scalars(*vectors: Any, n: int) -> list[list[Tensor]]:
 
 
 def vdot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor | None:
-    """``sum_i <x_i, y_i>`` over real components (complex: Re<x, y>)."""
+    """``sum_i <x_i, y_i>`` over real components (complex: Re<x, y>), one 0-d tensor over all
+    tensors (a global reduction: segmented flat buffers are summed whole, padding masked)."""
     if not xs:
         return None
-    return sum(torch.sum(_real(x) * _real(y)) for x, y in zip(xs, ys))
+    segs = _seg.lookup(list(xs)) or [None] * len(xs)
+    return sum(torch.sum(_seg.unpadded(_real(x) * _real(y), s)) if s is not None
+               else torch.sum(_real(x) * _real(y)) for x, y, s in zip(xs, ys, segs))
 
 
 def _widest(xs: Sequence[Tensor]) -> torch.dtype:

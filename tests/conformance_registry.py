@@ -199,6 +199,15 @@ ENTRIES: tuple[Entry, ...] = (
         opt("tight_steps_maximize", lambda lr: fo.rprop(lr, etas=(0.3, 1.5), step_sizes=(1e-3, 0.07),
                                                         maximize=True)),
     )),
+    Entry("lamb", "alias", (
+        opt("default", lambda lr: fo.lamb(lr)),
+        opt("wd_maximize", lambda lr: fo.lamb(lr, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.05, maximize=True)),
+    )),
+    Entry("lars", "alias", (
+        opt("default", lambda lr: fo.lars(lr)),
+        opt("wd_nesterov_eps", lambda lr: fo.lars(lr, momentum=0.8, weight_decay=0.01, trust_coefficient=0.5,
+                                                  eps=1e-3, nesterov=True)),
+    )),
     Entry("sparse_adam", "alias", (
         opt("default", lambda lr: fo.sparse_adam(lr)),
         opt("betas_maximize", lambda lr: fo.sparse_adam(lr, betas=(0.8, 0.99), eps=1e-6, maximize=True)),
@@ -421,7 +430,7 @@ _MARKER = "marker"  # takes a transform and returns that same transform, annotat
 
 NON_TRANSFORMS: Mapping[str, str] = {
     # submodules (those in __all__ and those merely visible as attributes)
-    "kernels": _MODULE, "tree": _MODULE, "linesearch": _MODULE, "wrappers": _MODULE,
+    "kernels": _MODULE, "segments": _MODULE, "tree": _MODULE, "linesearch": _MODULE, "wrappers": _MODULE,
     "aliases": _MODULE, "base": _MODULE, "combine": _MODULE, "hyperparams": _MODULE,
     "schedules": _MODULE, "steps": _MODULE, "transforms": _MODULE, "updates": _MODULE,
     # types and typing aliases
@@ -458,6 +467,21 @@ NON_TRANSFORMS: Mapping[str, str] = {
     "join_schedules": _SCHEDULE, "warmup_cosine_schedule": _SCHEDULE,
     "linear_range_schedule": _SCHEDULE, "exponential_range_schedule": _SCHEDULE,
 }
+
+
+# ---- MONAI's Novograd (fo.novograd, fo.monai): its entries and exports, in one block ----
+ENTRIES += (
+    Entry("novograd", "alias", (
+        opt("default", lambda lr: fo.novograd(lr)),
+        opt("averaging_amsgrad_wd", lambda lr: fo.novograd(lr, betas=(0.8, 0.9), weight_decay=0.01,
+                                                           grad_averaging=True, amsgrad=True)),
+    )),
+    Entry("scale_by_novograd", "transform", (
+        tx("default", fo.scale_by_novograd),
+        tx("amsgrad", lambda: fo.scale_by_novograd(0.9, eps=1e-6, amsgrad=True)),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "monai": _MODULE, "ScaleByNovogradState": _STATE}
 
 
 def public_names() -> set[str]:

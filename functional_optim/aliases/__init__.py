@@ -5,8 +5,10 @@ from .adagrad import adagrad
 from .adam import adam, adamw
 from .adamax import adamax
 from .asgd import asgd
+from .layerwise import lamb, lars
 from .lbfgs import LBFGSState, lbfgs
 from .nadam import nadam
+from .novograd import novograd
 from .radam import radam
 from .rmsprop import rmsprop
 from .rprop import rprop
@@ -14,5 +16,5 @@ from .sgd import sgd
 from .sparse_adam import sparse_adam
 
 __all__ = ["adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax",
-           "nadam", "radam", "asgd", "rprop",
-           "lbfgs", "LBFGSState", "sparse_adam"]
+           "nadam", "radam", "asgd", "rprop", "lamb", "lars",
+           "lbfgs", "LBFGSState", "sparse_adam", "novograd"]

@@ -11,6 +11,7 @@ from .clipping import ClipByGlobalNormState, adaptive_grad_clip, clip, clip_by_b
 from .momentum import EmaState, TraceState, ema, trace
 from .noise import AddNoiseState, add_noise
 from .norm_scaling import scale_by_trust_ratio
+from .novograd import ScaleByNovogradState, scale_by_novograd
 from .numerics import NonNegativeParamsState, ZeroNansState, keep_params_nonnegative, zero_nans
 from .sign_based import ScaleByRpropState, scale_by_rprop
 from .sparse import ScaleBySparseAdamState, SparseRows, scale_by_sparse_adam
@@ -27,6 +28,7 @@ __all__ = [
     "ScaleBySparseAdamState", "SparseRows", "scale_by_sparse_adam",
     "ClipByGlobalNormState", "clip", "clip_by_global_norm", "clip_by_block_rms", "adaptive_grad_clip",
     "centralize", "AddNoiseState", "add_noise", "scale_by_trust_ratio",
+    "ScaleByNovogradState", "scale_by_novograd",
     "ZeroNansState", "NonNegativeParamsState", "zero_nans", "keep_params_nonnegative",
     "EmaState", "TraceState", "ema", "trace",
     "ScaleByScheduleState", "scale", "scale_by_learning_rate", "scale_by_schedule", "scale_by_sign",

@@ -90,11 +90,9 @@ def scale_by_rss(initial_accumulator_value: float | torch.Tensor = 0.1, eps: flo
         g = k.upcast(sel.updates, state_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         sums = k.addcmul(sel["sum_of_squares"], g, g, 1, donate=donate)
-        if eps_in_sqrt:
-            denom = k.sqrt(k.add(sums, eps), donate=True)
-        else:  # sqrt saves its output for backward: add eps in place only when donating
-            denom = k.add(k.sqrt(sums), eps, donate=donate)
-        out = k.div(g, denom, donate=donate)
+        # g / (sqrt(sum) + eps), or g / sqrt(sum + eps): no param-sized temporary when donating
+        out = k.div_root(g, sums, 0.0 if eps_in_sqrt else eps, eps_root=eps if eps_in_sqrt else 0.0,
+                         donate=donate)
         if decays:  # torch: clr = lr / (1 + (step - 1) * lr_decay)
             factors = steps.per_leaf(lambda t: 1 + (t - 1) * lr_decay, counts, g)
             out = k.div(out, factors, donate=donate)
@@ -141,11 +139,10 @@ def scale_by_adadelta(rho: float | torch.Tensor = 0.9, eps: float | torch.Tensor
         counts = steps.increment(sel["count"], donate=donate)
         e_g = k.mul(sel["e_g"], rho, donate=donate)
         e_g = k.addcmul(e_g, g, g, 1 - rho, donate=True)  # e_g is ours: donated state or fresh
-        std = k.sqrt(k.add(e_g, eps), donate=True)
-        delta = k.sqrt(k.add(sel["e_x"], eps), donate=True)
-        # sqrt saved delta for backward: divide in place only when donating
-        delta = k.div(delta, std, donate=donate)
-        delta = k.mul(delta, g, out=g if donate else None)  # the donated g's buffer holds the update
+        # delta = g / sqrt(e_g + eps) * sqrt(e_x + eps), built in the donated g's buffer with
+        # one scratch root at a time (torch: sqrt(e_x + eps) / sqrt(e_g + eps) * g, two temporaries)
+        delta = k.div_root(g, e_g, eps_root=eps, donate=donate)
+        delta = k.mul_root(delta, sel["e_x"], eps, donate=donate)
         e_x = k.mul(sel["e_x"], rho, donate=donate)
         e_x = k.addcmul(e_x, delta, delta, 1 - rho, donate=True)
         new_state = ScaleByAdaDeltaState(count=sel.rebuild(counts, "count"), e_g=sel.rebuild(e_g, "e_g"),
@@ -192,14 +189,14 @@ def scale_by_adamax(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0
         sel = select(updates, count=state.count, mu=state.mu, nu=state.nu)
         g = k.upcast(sel.updates, state_dtype)
         counts = steps.increment(sel["count"], donate=donate)
-        bc1 = steps.per_leaf(lambda t: 1 - b1 ** t, counts, g)
+        inv_bc1 = k.scalars_for(steps.per_leaf(lambda t: 1 / (1 - b1 ** t), counts, g), g)
         mu = k.lerp(sel["mu"], g, 1 - b1, donate=donate)
         magnitude = k.absolute(g, donate=donate)  # g is no longer needed: a donated g holds |g|
         magnitude = k.add(magnitude, eps, donate=True)  # abs saved g, not its output
         nu = k.mul(sel["nu"], b2, donate=donate)
         nu = k.maximum(nu, magnitude, donate=donate)
-        out = k.div(mu, nu, out=g if donate else None)
-        out = k.div(out, bc1, donate=donate)
+        # mu / nu / (1 - b1**t) as torch's mu / nu * (lr / (1 - b1**t)): one pass into g
+        out = k.scaled_div(mu, nu, inv_bc1, out=g if donate else None)
         new_state = ScaleByAdamaxState(count=sel.rebuild(counts, "count"), mu=sel.rebuild(mu, "mu"),
                                        nu=sel.rebuild(nu, "nu"))
         return sel.rebuild(out), new_state

@@ -96,12 +96,10 @@ def scale_by_nadam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.
         mu = k.lerp(sel["mu"], k.cast(g, [m.dtype for m in sel["mu"]]), 1 - b1, donate=donate)
         nu = k.mul(sel["nu"], b2, donate=donate)
         nu = k.addcmul(nu, g, g, 1 - b2, donate=True)  # nu is ours: donated state or fresh
-        denom = k.div(nu, bc2)
-        denom = k.sqrt(denom, donate=True)
-        denom = k.add(denom, eps, donate=donate)  # sqrt saves its output for backward
         numer = k.mul(g, coef_g, donate=donate)  # g's memory is free once the moments are updated
         numer = k.add(numer, mu, coef_m, donate=True)
-        out = k.div(numer, denom, donate=True)
+        # numer / (sqrt(nu / bc2) + eps), the root made without a param-sized temporary
+        out = k.div_root(numer, nu, eps, divisor=bc2, donate=True)
 
         new_state = ScaleByNadamState(
             count=sel.rebuild(counts, "count"),

@@ -178,19 +178,15 @@ def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 
         nu = k.mul(sel["nu"], decay, donate=donate)
         nu = k.addcmul(nu, g, g, 1 - decay, donate=True)
         mu = k.lerp(sel["mu"], g, 1 - decay, donate=donate) if centered else None
-        second, mean = nu, mu
+        eps_out, eps_root = (0.0, eps) if eps_in_sqrt else (eps, 0.0)
         if bias_correction:
             correction = steps.bias_correction(decay, steps.as_float(counts, g))
-            second = k.div(nu, correction)
-            mean = k.div(mu, correction) if centered else None
-        if centered:  # nu - mu**2, as torch's square_avg.addcmul(grad_avg, grad_avg, value=-1)
-            second = k.addcmul(second, mean, mean, -1, donate=bias_correction)
-        own = centered or bias_correction  # ``second`` is a fresh intermediate
-        if eps_in_sqrt:
-            denom = k.sqrt(k.add(second, eps), donate=True)
-        else:  # sqrt saves its output for backward: add eps in place only when donating
-            denom = k.add(k.sqrt(second, donate=own), eps, donate=donate)
-        out = k.div(g, denom, donate=donate)
+            second, mean = k.div(nu, correction), k.div(mu, correction) if centered else None
+            if centered:  # nu - mu**2, as torch's square_avg.addcmul(grad_avg, grad_avg, value=-1)
+                second = k.addcmul(second, mean, mean, -1, donate=True)
+            out = k.div_root(g, second, eps_out, eps_root=eps_root, donate=donate)
+        else:  # without a param-sized temporary when donating
+            out = k.div_root(g, nu, eps_out, eps_root=eps_root, centers=mu, donate=donate)
         new_state = ScaleByRmsState(count=sel.rebuild(counts, "count"), nu=sel.rebuild(nu, "nu"),
                                     mu=sel.rebuild(mu, "mu") if centered else None)
         return sel.rebuild(out), new_state

@@ -77,4 +77,4 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
         return sel.rebuild(new), new_state
 
     tx = GradientTransformation(init_fn, update_fn)
-    return declare(tx, Needs.PER_PARAM) if mask is not None else mark_elementwise(tx)
+    return declare(tx, Needs.LEAVES) if mask is not None else mark_elementwise(tx)  # mask by leaf

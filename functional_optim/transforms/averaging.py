@@ -106,11 +106,10 @@ def scale_by_asgd(learning_rate: ScalarOrSchedule = 1e-2, lambd: float | torch.T
         decay, neg_eta, mu = (k.scalars_for(s, g) for s in (decay, neg_eta, mu))
 
         step = k.mul(g, neg_eta, donate=donate)  # -eta * g (in g's memory when donated)
-        p_new = k.mul(ps, decay)
-        p_new = k.add(p_new, step, donate=True)  # p * (1 - lambd * eta) - eta * g
+        p_new = k.add(step, ps, decay, donate=donate)  # p * (1 - lambd * eta) - eta * g, there too
         # lerp with weight 1 is exactly p_new: torch's `ax = p.clone()` while mu == 1
         ax = k.lerp(sel["ax"], p_new, mu, donate=donate)
-        out = k.sub(p_new, ps, out=sel.updates if donate else None)
+        out = k.sub(p_new, ps, donate=donate)
 
         new_state = ScaleByAsgdState(
             count=sel.rebuild(counts, "count"),

@@ -10,7 +10,7 @@ import torch
 from .. import kernels as k
 from .. import steps
 from ..base import GradientTransformation, Needs, declare, init_empty_state, mark_elementwise
-from ..hyperparams import check_range, concrete
+from ..hyperparams import check_range, concrete, materialize
 from ..tree import leaves, select
 
 
@@ -81,7 +81,8 @@ def clip_by_global_norm(max_norm: float | torch.Tensor) -> GradientTransformatio
         # max_norm / max(norm, max_norm) is exactly 1 below the threshold and stays finite
         # (and differentiable) at norm == 0
         factor = max_norm / torch.maximum(norm, torch.as_tensor(max_norm, dtype=norm.dtype, device=norm.device))
-        clipped = k.mul(sel.updates, factor, donate=donate)
+        # computed once per step when compiled, not per vector of the update loop
+        clipped = k.mul(sel.updates, materialize(factor), donate=donate)
         return sel.rebuild(clipped), ClipByGlobalNormState(global_norm=norm)
 
     return declare(GradientTransformation(init_fn, update_fn), Needs.GLOBAL)
@@ -105,7 +106,8 @@ def clip_by_block_rms(threshold: float | torch.Tensor) -> GradientTransformation
     """Rescale each leaf's update so its root mean square is at most ``threshold``.
 
     Per leaf, ``u = u / max(1, rms(u) / threshold)`` with ``rms(u) = sqrt(mean(|u|^2))``
-    (a "block" is one param tensor). The RMS accumulates in float32 at least.
+    (a "block" is one param tensor). The RMS accumulates in float32 at least. Declares
+    :attr:`Needs.PER_PARAM <functional_optim.Needs>`: runs on the adapter's flat buffers.
 
     Args:
       threshold: the largest RMS allowed per leaf, a positive number or 0-d tensor.
@@ -129,8 +131,7 @@ def clip_by_block_rms(threshold: float | torch.Tensor) -> GradientTransformation
         us = sel.updates
         if not us:
             return updates, state
-        norms = k.norms(us, _norm_dtype(us))
-        rms = k.mul(norms, [u.numel() ** -0.5 if u.numel() else float("nan") for u in us])
+        rms = k.rms(us, _norm_dtype(us))  # per segment on the adapter's flat buffers
         denoms = k.leafwise(lambda r: torch.clamp_min(r / threshold, 1.0), rms)
         return sel.rebuild(k.div(us, _cast_like(denoms, us), donate=donate)), state
 

@@ -189,4 +189,4 @@ def add_noise(eta: float | torch.Tensor, gamma: float | torch.Tensor, key: Any =
         out = k.add(us, noise, donate=donate)
         return sel.rebuild(out), AddNoiseState(count=count, rng_key=state.rng_key)
 
-    return declare(GradientTransformation(init_fn, update_fn), Needs.PER_PARAM)  # noise by leaf position
+    return declare(GradientTransformation(init_fn, update_fn), Needs.LEAVES)  # noise by leaf position

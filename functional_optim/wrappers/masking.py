@@ -148,7 +148,7 @@ def masked(inner: GradientTransformation, mask: MaskSpec | Callable[[PyTree], Py
         return optree.tree_unflatten(spec, new_leaves), MaskedState(inner_state=inner_state)
 
     # a mask chooses leaves: each param must be its own leaf
-    return declare(GradientTransformation(init_fn, update_fn), needs_of_all(inner, at_least=Needs.PER_PARAM))
+    return declare(GradientTransformation(init_fn, update_fn), needs_of_all(inner, at_least=Needs.LEAVES))
 
 
 def freeze(mask: MaskSpec | Callable[[PyTree], PyTree]) -> GradientTransformation:

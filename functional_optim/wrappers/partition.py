@@ -103,7 +103,7 @@ def partition(transforms: Mapping[Hashable, GradientTransformation],
 
     # labels choose leaves: each param must be its own leaf
     return declare(GradientTransformation(init_fn, update_fn),
-                   needs_of_all(*transforms.values(), at_least=Needs.PER_PARAM))
+                   needs_of_all(*transforms.values(), at_least=Needs.LEAVES))
 
 
 multi_transform = partition
