@@ -153,12 +153,13 @@ class FunctionalOptimizer(torch.optim.Optimizer):
         such as ``fo.adamw`` (or any function returning a transform) whose keyword
         arguments become each group's hyperparameters (``group['lr']``, ...).
       compile: run each step as one ``torch.compile``d graph (default False). Groups whose
-        transform needs at most global reductions (``fo.needs(tx) <= fo.Needs.GLOBAL``:
-        elementwise math, global-norm clipping, finite checks) and whose params are dense
-        floating tensors are then packed per (device, dtype) into flat buffers, params and
-        grads becoming views into them; ``zero_grad`` zeroes the grad buffers and keeps
-        the views. The first step compiles (seconds); changing numeric hyperparameters
-        never recompiles.
+        transform needs at most per-param reductions (``fo.needs(tx) <= fo.Needs.PER_PARAM``:
+        elementwise math, global-norm clipping, finite checks, per-param norms and trust
+        ratios, which run as segmented reductions) and whose params are dense floating
+        tensors are then packed per (device, dtype) into flat buffers, params and grads
+        becoming views into them; ``zero_grad`` zeroes the grad buffers and keeps the
+        views. The first step compiles (seconds); changing numeric hyperparameters never
+        recompiles. See ``docs/engines.md``.
       donate_grads: let the step overwrite ``p.grad`` as scratch space (saves one copy
         per step in eager mode). Default False: ``p.grad`` is left unchanged.
       **hyperparams: defaults for the factory's keyword arguments.
@@ -181,7 +182,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     """
 
     _passthrough: dict[str, Any] = {}  # torch-only group keys kept for drop-in compatibility
-    _fused_family: str | None = None  # "adam", "sgd": eager steps may run torch's fused kernels (adapters.fused)
+    _fused_family: str | None = None  # "adam", "sgd", "adagrad": eager steps may run torch's fused kernels (adapters.fused)
 
     def __init__(self, params: Iterable[Any], transform: Any, *, compile: bool = False,
                  donate_grads: bool = False, **hyperparams: Any):
