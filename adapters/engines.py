@@ -174,7 +174,7 @@ class FlatEngine:
 
     def successor(self, tx: fo.GradientTransformation, params: list[torch.Tensor]
                   ) -> FlatEngine | CompiledEngine:
-        return FlatEngine(self.layout) if flat.serves(tx) else CompiledEngine()
+        return FlatEngine(self.layout) if flat.serves(tx, self.layout) else CompiledEngine()
 
     def leaves(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         return [b.params for b in self.layout.buckets]
@@ -222,7 +222,9 @@ def choose(compile: bool, tx: fo.GradientTransformation, params: list[torch.Tens
     if not compile:
         return EagerEngine(params, lazy_scratch)
     if FlatEngine.holds(tx, params):
-        return FlatEngine(FlatLayout(params))
+        # padding and segment tables only where per-param reductions need them: elementwise
+        # and global steps then run on plain buffers (no per-step masking of the padding)
+        return FlatEngine(FlatLayout(params, segmented=fo.needs(tx) > fo.Needs.GLOBAL))
     return CompiledEngine()
 
 

@@ -26,12 +26,14 @@ from functional_optim import segments as seg
 from . import state_io
 
 
-def serves(tx: fo.GradientTransformation) -> bool:
+def serves(tx: fo.GradientTransformation, layout: FlatLayout | None = None) -> bool:
     """Whether ``tx`` gives the same result on flat buffers as on per-param leaves: it needs
     at most per-param reductions (``fo.needs(tx) <= fo.Needs.PER_PARAM``), which run
     segmented. Transforms that tell leaves apart by position or label (``Needs.LEAVES``)
-    or by shape (``Needs.MATRIX``) are not served."""
-    return fo.needs(tx) <= fo.Needs.PER_PARAM
+    or by shape (``Needs.MATRIX``) are not served. A ``layout`` packed without segments
+    serves at most global reductions."""
+    most = fo.Needs.GLOBAL if layout is not None and not layout.segmented else fo.Needs.PER_PARAM
+    return fo.needs(tx) <= most
 
 
 def update(tx: fo.GradientTransformation, grads: list[torch.Tensor], state: Any,
@@ -44,6 +46,8 @@ def update(tx: fo.GradientTransformation, grads: list[torch.Tensor], state: Any,
     ``(nblocks, B)`` view with the segmentation active, so the reduction kernels compute
     per param; the updates and state come back 1-D with their padding zeroed.
     """
+    if all(s is None for s in segments):  # a layout made for elementwise/global math
+        return tx.update(grads, state, params, **extra)
     padded = any(s.block_valid is not None for s in segments)
     if fo.needs(tx) <= fo.Needs.GLOBAL and not padded:
         return tx.update(grads, state, params, **extra)
@@ -114,7 +118,8 @@ class Bucket:
       segments: the :class:`~functional_optim.segments.Segments` of the buffers.
     """
 
-    def __init__(self, params: list[torch.Tensor], indices: list[int], block: int = 1):
+    def __init__(self, params: list[torch.Tensor], indices: list[int], block: int = 1,
+                 segmented: bool = True):
         self.indices = indices
         self.numels = [p.numel() for p in params]
         self.shapes = [p.shape for p in params]
@@ -130,7 +135,7 @@ class Bucket:
                 view.copy_(p)
                 p.data = view
         self.grad_views = self.views(self.grads)
-        self.segments = seg.Segments.build(self.numels, block, first.device)
+        self.segments = seg.Segments.build(self.numels, block, first.device) if segmented else None
 
     @property
     def numel(self) -> int:
@@ -151,20 +156,24 @@ class Bucket:
 class FlatLayout:
     """The buckets of one param group, and which params received a gradient since zero_grad."""
 
-    def __init__(self, params: list[torch.Tensor]):
+    def __init__(self, params: list[torch.Tensor], segmented: bool = True):
+        """Pack ``params``. ``segmented=False`` (for transforms needing at most global
+        reductions) packs them without padding or segment tables: the step then runs on
+        the plain buffers, and a later per-param transform needs a new engine."""
         self.num_params = len(params)
+        self.segmented = segmented
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             groups.setdefault((p.device, p.dtype), []).append(i)
         # one block size for the group: a bucket-sized tensor's 2-D view follows from its numel
-        self.block = seg.block_size([p.numel() for p in params])
-        self.buckets = [Bucket([params[i] for i in idx], idx, self.block) for idx in groups.values()]
+        self.block = seg.block_size([p.numel() for p in params]) if segmented else 1
+        self.buckets = [Bucket([params[i] for i in idx], idx, self.block, segmented) for idx in groups.values()]
         self.bucket_of = {}
         for b, bucket in enumerate(self.buckets):
             for j, i in enumerate(bucket.indices):
                 self.bucket_of[i] = (b, j)
         # what the engine passes to :func:`update` with the buckets (tensors: graph inputs)
-        self.segments: list[seg.Segments] = [b.segments for b in self.buckets]
+        self.segments: list[seg.Segments | None] = [b.segments for b in self.buckets]
         self.received = [False] * len(params)
         self._hooks = [p.register_post_accumulate_grad_hook(self._hook(i)) for i, p in enumerate(params)]
 

@@ -29,6 +29,7 @@ from torch._dynamo.utils import counters
 import adapters
 import functional_optim as fo
 from adapters import flat
+from adapter_harness import max_rel_diff
 from conformance_registry import ENTRIES, Entry, Sample
 from functional_optim import kernels as k
 from functional_optim import segments as seg
@@ -410,3 +411,35 @@ def test_leaf_and_matrix_transforms_run_per_param(make):
     assert opt._groups[0].engine.kind == "compiled"
     want, _ = _run(make(), False, steps=2, shapes=shapes)
     assert _max_rel(got, want) <= TOL
+
+
+def _maybe_trust(lr=1e-2, trust=False):
+    return fo.chain(fo.scale_by_trust_ratio(), fo.sgd(lr)) if trust else fo.sgd(lr)
+
+
+def test_elementwise_groups_pack_without_padding_and_hand_over_when_they_start_reducing():
+    # an elementwise transform gets plain buffers (no padding, no segment tables, nothing
+    # masked per step); a rebuild into a per-param reduction moves to per-param leaves
+    def run(compile):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(3 + i, 5, generator=gen, dtype=torch.float64)) for i in range(4)]
+        opt = adapters.FunctionalOptimizer(params, _maybe_trust, compile=compile)
+        kinds = []
+        for step in range(4):
+            if step == 2:
+                opt.param_groups[0]["trust"] = True
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            opt.step()
+            kinds.append(opt._groups[0].engine.kind)
+        return [p.detach().clone() for p in params], opt, kinds
+
+    torch._dynamo.reset()
+    compiled, opt, kinds = run(True)
+    assert kinds == ["flat", "flat", "compiled", "compiled"]
+    eager, _, _ = run(False)
+    assert max_rel_diff([compiled], [eager]) <= 1e-13
+    fresh = adapters.FunctionalOptimizer([torch.nn.Parameter(torch.ones(5))], _maybe_trust, compile=True)
+    layout = fresh._groups[0].engine.layout
+    assert not layout.segmented and layout.block == 1 and layout.segments == [None]
+    layout.remove_hooks()
