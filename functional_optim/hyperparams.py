@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .kernels import _in_functorch_transform
+from .kernels import _in_functorch_transform, leafwise
 
 
 def is_schedule(value: Any) -> bool:
@@ -32,7 +32,27 @@ def value_at(value: Any, count: torch.Tensor) -> Any:
     """
     if not is_schedule(value):
         return value
-    return value(count.to(torch.float32 if count.device.type == "mps" else torch.float64))
+    return materialize(value(count.to(torch.float32 if count.device.type == "mps" else torch.float64)))
+
+
+def materialize(value: Any) -> Any:
+    """``value`` (a per-step 0-d tensor: a schedule's value, a clipping factor) computed
+    once per step when compiled; returned as is otherwise (and when not a 0-d tensor).
+
+    Inlined into the elementwise update, inductor would recompute it for every vector of
+    the update loop: a cosine schedule's ``cos`` and divisions, or a global norm's
+    ``sqrt`` and division, per 8 elements (measured +40% on a clipped Adam step of 10M
+    elements, one thread). Through ``kernels.leafwise`` it lives in a tiny kernel of its
+    own, and the update loop loads it.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.hyperparams.materialize(torch.tensor(0.5, dtype=torch.float64))
+      tensor(0.5000, dtype=torch.float64)
+    """
+    if not (isinstance(value, torch.Tensor) and value.dim() == 0 and torch.compiler.is_compiling()):
+        return value
+    return leafwise(lambda v: v, [value])[0]
 
 
 _LOCAL = threading.local()
