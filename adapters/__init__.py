@@ -6,6 +6,7 @@ torch's classes, with their signatures and state_dict format.
 """
 
 from . import monai  # monai.optimizers' drop-ins: Novograd, generate_param_groups, ...
+from . import timm  # timm.optim's factory, registry, Lookahead and classes: create_optimizer_v2, ...
 from .lr_finder import LearningRateFinder
 from .lbfgs import LBFGS
 from .optimizer import FunctionalOptimizer

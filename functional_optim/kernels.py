@@ -48,7 +48,7 @@ __all__ = [
     "gather_sparse", "scatter_sparse", "sparse_like", "rows_to_dense", "row_masks",
     "norms", "global_norm", "vdot", "all_finite", "count_nonfinite", "leafwise", "norm_dtype",
     "masked_fill", "mul_real", "means", "unit_norms", "rms", "writes_in_place",
-    "scaled_div", "div_root", "mul_root",
+    "scaled_div", "div_root", "mul_root", "power",
 ]
 
 _FOREACH_POLICY: bool | None = None  # None: automatic (see use_foreach)
@@ -497,6 +497,43 @@ def mul_root(xs: Sequence[Tensor], ss: Sequence[Tensor], eps_root: Scalar = 0.0,
         d = torch.add(rs, _nth(eps_root, i), out=_scratch_like(rs))
         torch.mul(_real(x), d.sqrt_(), out=_real(t))
     return list(targets)
+
+
+def power(xs: Sequence[Tensor], exponent: float | Tensor, *, donate: bool = False,
+          out: Sequence[Tensor] | None = None) -> TensorList:
+    """Elementwise ``x ** exponent`` (a Python number or a 0-d tensor, for exponents in
+    [0, 1) or negative ones), with derivative 0 at exactly 0.
+
+    The value is torch's ``pow`` bit for bit (torch computes ``-0.5`` as ``rsqrt`` and
+    ``0.5`` as ``sqrt``). For ``0 < exponent < 1`` (MADGRAD's cube root, AdaHessian's
+    ``v ** (k / 2)``) the derivative ``exponent * x ** (exponent - 1)`` is infinite at
+    ``x = 0``; there it is taken as 0, as :func:`sqrt` does, so meta-gradients through a
+    moment that is exactly 0 (a gradient that was always 0) stay finite; a 0-d tensor
+    exponent (a hyperparameter fed as a tensor) is treated the same way, and its own
+    derivative is 0 at ``x = 0``. Only while something is being differentiated does this
+    take two extra selections.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> x = torch.tensor([0.0, 8.0], requires_grad=True)
+      >>> y = fo.kernels.power([x], 1 / 3)[0]
+      >>> torch.autograd.grad(y.sum(), x)[0]
+      tensor([0.0000, 0.0833])
+    """
+    is_tensor = isinstance(exponent, Tensor) and exponent.dim() == 0
+    if not is_tensor and (not isinstance(exponent, Number) or isinstance(exponent, bool)):
+        raise TypeError(f"exponent must be a Python number or a 0-d tensor, got {type(exponent).__name__}")
+    if _differentiating(xs) and (is_tensor or 0 < exponent < 1):
+        at_zero = exponent.detach() if is_tensor else exponent
+        results = []
+        for x in xs:
+            r = _real(x)
+            zero = r == 0
+            v = torch.where(zero, torch.pow(r.detach(), at_zero),
+                            torch.pow(torch.where(zero, torch.ones_like(r), r), exponent))
+            results.append(torch.view_as_complex(v) if x.is_complex() else v)
+        return results
+    return _map("pow", xs, exponent, donate=donate, out=out)
 
 
 def _scaled_div_into(x: Tensor, y: Tensor, value: Any, target: Tensor) -> None:

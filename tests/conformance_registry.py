@@ -484,6 +484,186 @@ ENTRIES += (
 NON_TRANSFORMS = {**NON_TRANSFORMS, "monai": _MODULE, "ScaleByNovogradState": _STATE}
 
 
+# ---- timm's Lamb, Lars, NvNovoGrad (fo.timm.lamb/lars/nvnovograd, fo.nvnovograd) and their pieces ----
+# fo.timm.lamb and fo.timm.lars are not top-level names (fo.lamb/fo.lars are optax's): they run
+# through every check as samples of the entries of the transforms they are built from.
+ENTRIES += (
+    Entry("nvnovograd", "alias", (
+        opt("default", lambda lr: fo.nvnovograd(lr)),
+        opt("averaging_amsgrad_coupled", lambda lr: fo.nvnovograd(lr, betas=(0.8, 0.9), weight_decay=0.01,
+                                                                  grad_averaging=True, amsgrad=True)),
+        opt("decoupled_corrected", lambda lr: fo.nvnovograd(lr, weight_decay=0.05, amsgrad=True,
+                                                            decoupled_decay=True, corrected_weight_decay=True,
+                                                            max_lr_snapshot=0.1)),
+    )),
+    Entry("divide_by_global_norm", "transform", (tx("clip", lambda: fo.divide_by_global_norm(0.5)),)),
+    Entry("scale_by_lamb_moments", "transform", (
+        tx("default", fo.scale_by_lamb_moments),
+        tx("no_bias_correction_no_averaging", lambda: fo.scale_by_lamb_moments(
+            0.8, 0.99, 1e-4, bias_correction=False, grad_averaging=False)),
+        opt("timm_lamb_default", lambda lr: fo.timm.lamb(lr)),
+        opt("timm_lamb_always_adapt_nowd", lambda lr: fo.timm.lamb(lr, weight_decay=0.0, always_adapt=True,
+                                                                   bias_correction=False, max_grad_norm=None)),
+        opt("timm_lamb_caution_decoupled_corrected", lambda lr: fo.timm.lamb(
+            lr, weight_decay=0.05, trust_clip=True, caution=True, decoupled_decay=True,
+            corrected_weight_decay=True, max_lr_snapshot=0.1, max_grad_norm=0.5)),
+    )),
+    Entry("scale_by_lamb_trust_ratio", "transform", (
+        tx("default", fo.scale_by_lamb_trust_ratio),
+        tx("clip_decayed_gated", lambda: fo.scale_by_lamb_trust_ratio(
+            True, param_decay=0.01, gate=torch.tensor(0.1, dtype=torch.float64))),
+    )),
+    Entry("scale_by_lars_trust_ratio", "transform", (
+        tx("wd", lambda: fo.scale_by_lars_trust_ratio(trust_coeff=0.5, weight_decay=0.01)),
+        opt("larc", lambda lr: fo.chain(fo.scale_by_lars_trust_ratio(0.5, 1e-3, 0.01, True, lr),
+                                        fo.scale_by_learning_rate(lr))),
+        opt("timm_lars_dampening_always_adapt", lambda lr: fo.timm.lars(lr, momentum=0.8, dampening=0.1,
+                                                                        always_adapt=True, trust_coeff=0.5)),
+        opt("timm_lars_nesterov_larc", lambda lr: fo.timm.lars(lr, momentum=0.9, weight_decay=0.01, nesterov=True,
+                                                               trust_coeff=0.5, trust_clip=True)),
+    )),
+    Entry("add_decoupled_weight_decay", "transform", (
+        opt("after_adam", lambda lr: fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(lr),
+                                              fo.add_decoupled_weight_decay(0.1, lr))),
+        opt("corrected", lambda lr: fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(lr),
+                                             fo.add_decoupled_weight_decay(0.1, lr, max_learning_rate=0.1))),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "timm": _MODULE, "ScaleByLambMomentsState": _STATE}
+
+
+# ---- timm's Adam family (fo.adabelief/adamp/sgdp, fo.timm.*_legacy, fo.timm.rmsprop_tf), caution ----
+# The fo.timm-only aliases run through every check as samples of the entries they are built from.
+ENTRIES += (
+    Entry("cautious", "wrapper", (
+        tx("trace", lambda: fo.cautious(fo.trace(0.9))),
+        opt("timm_adamw_legacy_caution_amsgrad", lambda lr: fo.timm.adamw_legacy(
+            lr, weight_decay=0.05, amsgrad=True, caution=True)),
+        opt("timm_rmsprop_tf_caution_centered", lambda lr: fo.timm.rmsprop_tf(
+            lr, momentum=0.9, centered=True, caution=True, weight_decay=0.01)),
+        opt("timm_rmsprop_tf_caution_decoupled_corrected", lambda lr: fo.timm.rmsprop_tf(
+            lr, momentum=0.5, lr_in_momentum=False, caution=True, decoupled_decay=True,
+            corrected_weight_decay=True, weight_decay=0.05, max_lr_snapshot=0.1)),
+    )),
+    Entry("scale_invariant_projection", "wrapper", (
+        tx("adam_decay", lambda: fo.scale_invariant_projection(fo.scale_by_adam(), weight_decay=0.1)),
+        tx("trace_caution", lambda: fo.scale_invariant_projection(fo.trace(0.9), delta=0.5, weight_decay=0.1,
+                                                                  momentum=0.9, caution=True),
+           bf16=("the spherical caution mask compares the signs of two tangent vectors that are each a "
+                 "difference of O(1) terms (the momentum minus its radial part, the gradient minus its "
+                 "radial part): bf16 rounding flips signs near zero and the mask's 1/mean rescaling "
+                 "amplifies a flip into an O(1) change on this small matrix; the projection itself is "
+                 "checked in bf16 by adam_decay and by adamp's nesterov_caution_wd")),
+    )),
+    Entry("scale_by_belief", "transform", (
+        tx("default", fo.scale_by_belief),
+        tx("amsgrad_unrectified", lambda: fo.scale_by_belief(0.8, 0.99, 1e-10, amsgrad=True, rectify=False)),
+        tx("rectified_no_sgd", lambda: fo.scale_by_belief(0.9, 0.9, degenerated_to_sgd=False)),
+    )),
+    Entry("scale_by_timm_adam", "transform", (
+        tx("default", fo.scale_by_timm_adam),
+        tx("amsgrad_nesterov_clipped", lambda: fo.scale_by_timm_adam(0.8, 0.99, amsgrad=True, nesterov=True,
+                                                                      clipping_threshold=0.5)),
+        opt("timm_adamw_legacy_maximize_clipped", lambda lr: fo.timm.adamw_legacy(
+            lr, maximize=True, clipping_threshold=0.5, corrected_weight_decay=True, max_lr_snapshot=0.1)),
+    )),
+    Entry("scale_by_nadam_legacy", "transform", (
+        tx("default", fo.scale_by_nadam_legacy),
+        opt("timm_nadam_legacy_wd", lambda lr: fo.timm.nadam_legacy(lr, betas=(0.8, 0.99), weight_decay=0.01,
+                                                                    schedule_decay=0.01)),
+    )),
+    Entry("trace_from_zero", "transform", (
+        tx("dampened_nesterov", lambda: fo.trace_from_zero(0.9, dampening=0.1, nesterov=True)),
+    )),
+    Entry("adabelief", "alias", (
+        opt("default", lambda lr: fo.adabelief(lr)),
+        opt("coupled_amsgrad_unrectified", lambda lr: fo.adabelief(lr, weight_decay=0.01, amsgrad=True,
+                                                                   decoupled_decay=False, rectify=False)),
+        opt("fixed_decay_no_sgd", lambda lr: fo.adabelief(lr, betas=(0.9, 0.9), weight_decay=0.01,
+                                                          fixed_decay=True, degenerated_to_sgd=False)),
+        opt("timm_radam_legacy_wd", lambda lr: fo.timm.radam_legacy(lr, betas=(0.9, 0.9), weight_decay=0.01)),
+    )),
+    Entry("adamp", "alias", (
+        opt("default", lambda lr: fo.adamp(lr)),
+        opt("nesterov_caution_wd", lambda lr: fo.adamp(lr, weight_decay=0.1, nesterov=True, caution=True,
+                                                       delta=0.5)),
+    )),
+    Entry("sgdp", "alias", (
+        opt("momentum_wd", lambda lr: fo.sgdp(lr, momentum=0.9, weight_decay=0.1)),
+        opt("nesterov_dampening_caution", lambda lr: fo.sgdp(lr, momentum=0.9, dampening=0.1, nesterov=True,
+                                                             weight_decay=0.01, caution=True, delta=0.5)),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "ScaleByBeliefState": _STATE, "ScaleByNadamLegacyState": _STATE}
+
+
+# ---- timm's MADGRAD, Adafactor, Adahessian (fo.madgrad, fo.adahessian, fo.timm.adafactor) and pieces ----
+def _with_hessian(tx: fo.GradientTransformation) -> fo.GradientTransformation:
+    """Adahessian with its required ``hessian=`` supplied inside the sample: g * g + 0.01 (a
+    pure, differentiable diagonal curvature proxy). The vmap, compile and None-leaf checks
+    call ``update`` without extras, and the exception budget is spent, so the estimate is
+    made here; the real Hutchinson estimate (Rademacher z, z * Hz) against timm's own
+    trajectories is tested in tests/test_timm_misc.py."""
+    import optree
+
+    def update_fn(updates, state, params=None, **extra):
+        extra.pop("hessian", None)
+        hess = optree.tree_map(lambda g: None if g is None else g * g + 0.01, updates, none_is_leaf=True)
+        return tx.update(updates, state, params, hessian=hess, **extra)
+
+    return fo.declare(fo.GradientTransformation(tx.init, update_fn), fo.needs(tx))
+
+
+_MADGRAD_BF16 = ("returns p_new - p, with MADGRAD's new params (a dual average from x0) computed in the "
+                 "param dtype as timm's in-place bf16 step rounds them, so a bf16 update carries up to "
+                 "one bf16 ulp of the param (|p| * 2**-8)")
+
+ENTRIES += (
+    Entry("madgrad", "alias", (
+        opt("default", lambda lr: fo.madgrad(lr)),
+        opt("no_momentum_decoupled", lambda lr: fo.madgrad(lr, momentum=0.0, weight_decay=0.01, decoupled_decay=True)),
+        opt("coupled_wd", lambda lr: fo.madgrad(lr, momentum=0.5, weight_decay=0.01, eps=1e-4)),
+    ), bf16_update_from_params=_MADGRAD_BF16),
+    Entry("scale_by_madgrad", "transform", (
+        # the learning rate is its own (it enters the dual averages); the output is the whole step
+        opt("momentum", lambda lr: fo.scale_by_madgrad(lr, momentum=0.8, weight_decay=0.01, decoupled_decay=True)),
+    ), bf16_update_from_params=_MADGRAD_BF16),
+    Entry("scale_by_factored_rms", "transform", (
+        tx("factored", lambda: fo.scale_by_factored_rms(min_dim_size_to_factor=1)),
+        tx("last_two", lambda: fo.scale_by_factored_rms(-0.5, eps=1e-20, min_dim_size_to_factor=1,
+                                                        factor_dims="last_two")),
+        # fo.timm.adafactor (not a top-level name: fo.adafactor is torch.optim's) runs here
+        opt("timm_adafactor", lambda lr: fo.timm.adafactor(lr=lr, min_dim_size_to_factor=1, betas=(0.9, 0.999),
+                                                           weight_decay=0.01, clip_threshold=0.5)),
+        opt("timm_adafactor_relative_caution", lambda lr: fo.chain(
+            fo.timm.adafactor(min_dim_size_to_factor=1, betas=(0.8, 0.999), caution=True, weight_decay=0.01),
+            fo.scale(lr / LR))),
+    )),
+    Entry("scale_by_relative_step_size", "transform", (
+        tx("relative", fo.scale_by_relative_step_size),
+        # (warmup_init's 1e-6 * t steps move the loss by ~1e-13: a finite difference cannot check them)
+        tx("no_scale", lambda: fo.scale_by_relative_step_size(scale_parameter=False)),
+    )),
+    Entry("add_relative_step_decayed_weights", "transform", (
+        tx("relative", lambda: fo.add_relative_step_decayed_weights(0.1)),
+        tx("external", lambda: fo.add_relative_step_decayed_weights(0.1, lr=0.3)),
+    )),
+    Entry("adahessian", "alias", (
+        opt("default", lambda lr: _with_hessian(fo.adahessian(lr))),
+        opt("power_each2_wd", lambda lr: _with_hessian(fo.adahessian(lr, betas=(0.8, 0.99), weight_decay=0.01,
+                                                                     hessian_power=0.5, update_each=2))),
+    )),
+    Entry("scale_by_adahessian", "transform", (
+        tx("default", lambda: _with_hessian(fo.scale_by_adahessian())),
+        tx("avg_conv_each2", lambda: _with_hessian(fo.scale_by_adahessian(0.8, 0.99, hessian_power=0.7, update_each=2,
+                                                                          avg_conv_kernel=True))),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "ScaleByMadgradState": _STATE, "ScaleByFactoredRmsState": _STATE,
+                  "ScaleByRelativeStepSizeState": _STATE, "AddRelativeStepDecayedWeightsState": _STATE,
+                  "ScaleByAdahessianState": _STATE}
+
+
 def public_names() -> set[str]:
     """``fo.__all__`` and every public attribute of the package."""
     return set(fo.__all__) | {n for n in dir(fo) if not n.startswith("_")}

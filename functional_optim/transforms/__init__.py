@@ -17,6 +17,16 @@ from .sign_based import ScaleByRpropState, scale_by_rprop
 from .sparse import ScaleBySparseAdamState, SparseRows, scale_by_sparse_adam
 from .scaling import (ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule,
                       scale_by_sign)
+from .layerwise_adaptive import (ScaleByLambMomentsState, divide_by_global_norm, scale_by_lamb_moments,
+                                 scale_by_lamb_trust_ratio, scale_by_lars_trust_ratio)
+from .weight_decay import add_decoupled_weight_decay
+from .timm_adam import (ScaleByBeliefState, ScaleByNadamLegacyState, scale_by_belief, scale_by_nadam_legacy,
+                        scale_by_timm_adam, trace_from_zero)
+from .madgrad import ScaleByMadgradState, scale_by_madgrad
+from .factored import ScaleByFactoredRmsState, scale_by_factored_rms
+from .relative_step import (AddRelativeStepDecayedWeightsState, ScaleByRelativeStepSizeState,
+                            add_relative_step_decayed_weights, scale_by_relative_step_size)
+from .adahessian import ScaleByAdahessianState, scale_by_adahessian
 
 __all__ = [
     "ScaleByAdaDeltaState", "ScaleByAdamaxState", "ScaleByRssState", "scale_by_adadelta",
@@ -32,4 +42,11 @@ __all__ = [
     "ZeroNansState", "NonNegativeParamsState", "zero_nans", "keep_params_nonnegative",
     "EmaState", "TraceState", "ema", "trace",
     "ScaleByScheduleState", "scale", "scale_by_learning_rate", "scale_by_schedule", "scale_by_sign",
+    "ScaleByLambMomentsState", "divide_by_global_norm", "scale_by_lamb_moments", "scale_by_lamb_trust_ratio",
+    "scale_by_lars_trust_ratio", "add_decoupled_weight_decay",
+    "ScaleByBeliefState", "ScaleByNadamLegacyState", "scale_by_belief", "scale_by_nadam_legacy",
+    "scale_by_timm_adam", "trace_from_zero",
+    "ScaleByMadgradState", "scale_by_madgrad", "ScaleByFactoredRmsState", "scale_by_factored_rms",
+    "AddRelativeStepDecayedWeightsState", "ScaleByRelativeStepSizeState", "add_relative_step_decayed_weights",
+    "scale_by_relative_step_size", "ScaleByAdahessianState", "scale_by_adahessian",
 ]

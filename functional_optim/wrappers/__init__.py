@@ -7,6 +7,8 @@ state), ``accumulation`` (``MultiSteps``), ``finite`` (``apply_if_finite``), ``c
 """
 
 from .accumulation import MultiSteps, MultiStepsState, skip_large_updates, skip_not_finite
+from .caution import cautious
+from .projection import scale_invariant_projection
 from .conditional import (ConditionallyMaskState, ConditionallyTransformState, conditionally_mask,
                           conditionally_transform)
 from .finite import ApplyIfFiniteState, apply_if_finite
@@ -29,4 +31,5 @@ __all__ = [
     "MonitorState", "SnapshotState", "measure_with_ema", "monitor", "snapshot",
     "ParamEmaState", "ema_params", "param_ema",
     "MultiTransformState", "PartitionState", "multi_transform", "partition", "selective_transform",
+    "cautious", "scale_invariant_projection",
 ]

@@ -1,0 +1,98 @@
+"""Decoupled weight decay applied to the params directly, with timm's corrected rate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import kernels as k
+from ..base import GradientTransformation, init_empty_state, mark_elementwise
+from ..hyperparams import check_number, check_range, concrete, is_schedule
+from ..tree import select
+
+
+def decoupled_decay_rate(weight_decay: Any, learning_rate: Any, max_learning_rate: Any = None) -> Any:
+    r"""The fraction :math:`r` of each param that decoupled weight decay removes in one step.
+
+    :math:`r = \eta\,\lambda` (AdamW, Loshchilov & Hutter), or with a maximum learning rate
+    :math:`r = (\eta^2 / \eta_{\max})\,\lambda` (timm's ``corrected_weight_decay``: the
+    decay follows the schedule's square, so that its strength relative to the step stays
+    that of the peak; Defazio, arXiv:2506.02285). Numbers give a number, tensors a 0-d tensor.
+
+    Args:
+      weight_decay: :math:`\lambda`.
+      learning_rate: :math:`\eta`.
+      max_learning_rate: :math:`\eta_{\max}`; None (default): the uncorrected rate.
+
+    Example:
+      >>> from functional_optim.transforms.weight_decay import decoupled_decay_rate
+      >>> decoupled_decay_rate(0.1, 0.5), decoupled_decay_rate(0.1, 0.5, max_learning_rate=1.0)
+      (0.05, 0.025)
+    """
+    scale = learning_rate if max_learning_rate is None else learning_rate ** 2 / max_learning_rate
+    return scale * weight_decay
+
+
+def add_decoupled_weight_decay(weight_decay: float | torch.Tensor, learning_rate: float | torch.Tensor, *,
+                               max_learning_rate: float | torch.Tensor | None = None) -> GradientTransformation:
+    r"""Add :math:`-r\,p` to each update: the params shrink by the fraction :math:`r`
+    (decoupled weight decay applied to the weights, as timm's ``decoupled_decay`` and
+    torch's AdamW do).
+
+    Per leaf, in the order computed:
+
+    .. math::
+
+        r &= \eta\,\lambda \quad\text{or, with } \eta_{\max}:\quad r = (\eta^2/\eta_{\max})\,\lambda \\
+        u &\leftarrow u - r\,p
+
+    It goes **last** in a chain, after :func:`~functional_optim.scale_by_learning_rate`
+    (the rate already carries :math:`\eta`): applying the update then gives
+    :math:`p (1 - r) - \eta\,d`, timm's ``p.mul_(1 - r)`` followed by its step. The
+    corrected form (``max_learning_rate``: timm's ``corrected_weight_decay=True`` with
+    ``max_lr_snapshot``) scales the decay with :math:`\eta^2/\eta_{\max}`, so that under an
+    lr schedule it decays as the square of the schedule (Defazio, 2025). Needs ``params``.
+
+    Args:
+      weight_decay: :math:`\lambda` >= 0, a number or 0-d tensor.
+      learning_rate: :math:`\eta` >= 0, a number or 0-d tensor (for a schedule, build the
+        chain with :func:`~functional_optim.inject_hyperparams`).
+      max_learning_rate: :math:`\eta_{\max}` > 0 (a number or 0-d tensor) for the corrected
+        rate; None (default) for :math:`r = \eta\lambda`.
+
+    References:
+      Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, 2019, arXiv:1711.05101.
+      Defazio, *Why Gradients Rapidly Increase Near the End of Training*, 2025, arXiv:2506.02285.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> tx = fo.add_decoupled_weight_decay(0.1, 0.5, max_learning_rate=1.0)
+      >>> params = {"w": torch.tensor([2.0, -4.0])}
+      >>> tx.update({"w": torch.zeros(2)}, tx.init(params), params)[0]["w"]  # -(0.25 * 0.1) * p
+      tensor([-0.0500,  0.1000])
+    """
+    check_range("weight_decay", weight_decay, 0.0)
+    check_range("learning_rate", learning_rate, 0.0)
+    if max_learning_rate is not None:
+        check_range("max_learning_rate", max_learning_rate, 0.0)
+        if concrete(max_learning_rate) == 0.0:
+            raise ValueError("Invalid max_learning_rate: 0.0 (expected max_learning_rate > 0)")
+    for name, value in (("weight_decay", weight_decay), ("learning_rate", learning_rate)):
+        if is_schedule(value):
+            raise TypeError(f"{name} must be a number or a 0-d tensor, got a schedule "
+                            "(use fo.inject_hyperparams to schedule it)")
+        check_number(name, value)
+
+    def update_fn(updates, state, params=None, *, donate=False, **extra):
+        del extra
+        if params is None:
+            raise ValueError("add_decoupled_weight_decay needs params: call update(updates, state, params)")
+        sel = select(updates, params=params)
+        if not len(sel):
+            return updates, state
+        # -r is formed once per step (a Python number, or a 0-d tensor)
+        rate = -decoupled_decay_rate(weight_decay, learning_rate, max_learning_rate)
+        return sel.rebuild(k.add(sel.updates, sel["params"], rate, donate=donate)), state
+
+    return mark_elementwise(GradientTransformation(init_empty_state, update_fn))
