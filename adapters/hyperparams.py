@@ -148,11 +148,11 @@ def _graph_input(t: torch.Tensor) -> torch.Tensor:
 
     torch.compile (2.13) gives every plain 0-d float64 CPU input a symbolic float for its
     ``.item()`` (fake tensors' ``item_memo``), which AOT autograd's tensorify pass then
-    cannot place and answers by restarting the whole dynamo analysis: every compiled
-    step was traced twice. A Parameter is not a plain tensor for that rule, and its ops
-    return plain tensors (it disables ``__torch_function__``), so it is a graph input
-    like any other. Measured: the clip + AdamW chain's cold compile loses its second
-    trace (about a third of the compile).
+    cannot place and answers by restarting the whole dynamo analysis: every compiled step
+    was traced twice. A Parameter is not a plain tensor for that rule, and its ops return
+    plain tensors (it disables ``__torch_function__``), so it is a graph input like any
+    other. Measured: the clip + AdamW chain's cold compile loses its second trace (about a
+    third of the compile).
     """
     if t.dim() == 0 and t.device.type == "cpu" and t.dtype == torch.float64:
         return torch.nn.Parameter(t, requires_grad=False)

@@ -87,32 +87,24 @@ def _aligned_leaves(updates: PyTree, others: list[PyTree]) -> list[tuple] | None
 
 
 class _SequenceSpec:
-    """The structure of a flat list or tuple of ``n`` leaves: what Selection needs of an
-    optree spec (equality, unflattening, printing), without calling optree."""
+    """The structure of a flat list or tuple of ``n`` leaves."""
 
     __slots__ = ("kind", "n")
 
     def __init__(self, kind: type, n: int):
         self.kind, self.n = kind, n
 
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, _SequenceSpec) and self.kind is other.kind and self.n == other.n
-
-    def __ne__(self, other: Any) -> bool:
-        return not self == other
-
-    __hash__ = None  # type: ignore[assignment]
-
     def unflatten(self, leaves: list) -> PyTree:
         return self.kind(leaves)
 
-    def __str__(self) -> str:  # as optree prints it (error messages only)
+    def __str__(self) -> str:  # as optree prints it
         return str(optree.tree_structure(self.kind([None] * self.n), none_is_leaf=True))
 
 
 class _TreeSpec:
     """The structure of ``tree`` (None a leaf), kept as the tree itself: unflattening maps
-    over it with ``optree.tree_map``, which dynamo traces natively."""
+    over it with ``optree.tree_map``, which dynamo traces natively (used while compiling,
+    for trees without dicts: the order of the leaves is then optree's)."""
 
     __slots__ = ("tree",)
 
@@ -125,23 +117,6 @@ class _TreeSpec:
 
     def __str__(self) -> str:
         return str(optree.tree_structure(self.tree, none_is_leaf=True))
-
-
-def _flatten_all(updates: PyTree, trees: dict[str, PyTree]) -> tuple[Any, list[list]]:
-    """The updates' optree spec and the leaves of every tree (updates first); raises
-    ValueError naming the first tree whose structure differs."""
-    leaves, spec = _flatten(updates)
-    columns = [leaves]
-    for name, tree in trees.items():
-        other, other_spec = _flatten(tree)
-        if other_spec != spec:
-            what = {"params": "params", "mask": "mask", "b": "the second tree"}.get(name, f"state ({name!r})")
-            raise ValueError(
-                f"{what} does not match the structure of the updates: expected "
-                f"{describe(spec)}, got {describe(other_spec)}; was the state made by "
-                "init() on other params?")
-        columns.append(other)
-    return _OptreeSpec(spec), columns
 
 
 class _OptreeSpec:
@@ -159,6 +134,23 @@ class _OptreeSpec:
         return str(self.spec)
 
 
+def _flatten_all(updates: PyTree, trees: dict[str, PyTree]) -> tuple[_OptreeSpec, list[list]]:
+    """The updates' optree spec and the leaves of every tree (updates first); raises
+    ValueError naming the first tree whose structure differs."""
+    leaves, spec = _flatten(updates)
+    columns = [leaves]
+    for name, tree in trees.items():
+        other, other_spec = _flatten(tree)
+        if other_spec != spec:
+            what = {"params": "params", "mask": "mask", "b": "the second tree"}.get(name, f"state ({name!r})")
+            raise ValueError(
+                f"{what} does not match the structure of the updates: expected "
+                f"{describe(spec)}, got {describe(other_spec)}; was the state made by "
+                "init() on other params?")
+        columns.append(other)
+    return _OptreeSpec(spec), columns
+
+
 class Selection:
     """The present (non-None) leaves of an updates tree, with aligned leaves of other trees.
 
@@ -173,20 +165,21 @@ class Selection:
         plain = _is_flat_sequence(updates)
         for tree in trees.values():
             plain = plain and _is_flat_sequence(tree)
+        columns: list[list] | None = None
         if plain:  # the adapter's lists of tensors: the leaves are the items
             spec: Any = _SequenceSpec(type(updates), len(updates))
-            columns = [list(updates)] + [list(trees[n]) for n in names]
-            for name, column in zip(names, columns[1:]):
-                if type(trees[name]) is not spec.kind or len(column) != spec.n:
-                    columns = None  # a mismatch: reported below
+            columns = [list(updates)]
+            for name in names:
+                if type(trees[name]) is not spec.kind or len(trees[name]) != spec.n:
+                    columns = None  # reported by optree's flattening below
                     break
-        elif torch.compiler.is_compiling():  # eagerly optree's C++ flattening is the fastest
+                columns.append(list(trees[name]))
+        elif torch.compiler.is_compiling():  # eagerly, optree's C++ flattening is the fastest
             spec = _TreeSpec(updates)
             rows = _aligned_leaves(updates, [trees[n] for n in names])
-            columns = None if rows is None else [[row[j] for row in rows] for j in range(len(names) + 1)]
-        else:
-            columns = None
-        if columns is None:  # optree's flattening decides (and names a tree that differs)
+            if rows is not None:
+                columns = [[row[j] for row in rows] for j in range(len(names) + 1)]
+        if columns is None:  # optree decides (and names a tree that differs)
             spec, columns = _flatten_all(updates, trees)
         self.spec = spec
         leaves = columns[0]

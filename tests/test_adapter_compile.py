@@ -394,26 +394,23 @@ def test_compiled_clip_chain_is_one_analysis_and_computes_per_step_scalars_once(
     assert "4096L" in update_loop.split("\n", 1)[0]  # over the whole flat buffer
     assert code.count("std::cos") == 1 and "std::cos" not in update_loop
     assert "std::sqrt" in code and "std::sqrt" not in update_loop  # Adam's sqrt is vectorised there
-    # and the step is the eager one (float32: one fused kernel rounds differently)
+    # and the steps are the eager ones (float32: the fused kernel rounds differently)
     for _ in range(2):
         opt.step()
     for _ in range(3):
         eager_opt.step()
-    changed = [p.detach() - v for p, v in zip(params, values)]
-    assert min(float(c.abs().max()) for c in changed) > 0
+    assert min(float((p.detach() - v).abs().max()) for p, v in zip(params, values)) > 0
     assert max_tensor_rel_diff(list(params), list(eager_params)) <= 1e-6
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager-engine", "compiled-engine"])
-@pytest.mark.parametrize("cls", [adapters.Adam, adapters.AdamW, adapters.SGD], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [adapters.Adam, adapters.SGD], ids=lambda c: c.__name__)
 def test_user_compiled_training_step_adds_no_graph_break_or_recompile(cls, compile):
-    # A user's torch.compile of forward, backward, opt.step(), opt.zero_grad(), with a
-    # LambdaLR changing the (float) lr every step: the optimizer traces into the user's
-    # graph. The graph breaks are torch's own: Tensor.backward, and the wrapper LR
-    # schedulers put around optimizer.step (in a file dynamo skips; torch.optim's
-    # optimizers get it too). A frame is compiled at most twice: once at the first step,
-    # once more at the second when the lr float first changes (dynamo then makes it an
-    # input); nothing after that.
+    # As test_user_compiled_training_step_follows_lr_changes (AdamW), for Adam and SGD: a
+    # user's torch.compile of forward, backward, step and zero_grad, a LambdaLR changing the
+    # (float) lr every step. The only graph breaks are torch's (Tensor.backward, the step
+    # wrapper LR schedulers install); no frame compiles more than twice (the second time
+    # when the lr float first changes: dynamo then makes it an input), none after step 2.
     steps = 12
     torch._dynamo.reset()
     counters.clear()
@@ -441,8 +438,8 @@ def test_user_compiled_training_step_adds_no_graph_break_or_recompile(cls, compi
     assert backend.compile_ids == seen_after_two
     assert all(n <= 1 for _, n in backend.compile_ids)
     reasons = list(counters["graph_break"])
-    ours = [r for r in reasons if "backward" not in r and "lr_scheduler.py" not in r]
-    assert ours == [] and len(reasons) <= 2
+    assert any("backward" in r for r in reasons)
+    assert all("backward" in r or "lr_scheduler.py" in r for r in reasons)
     assert len({frame for frame, _ in backend.compile_ids}) <= 3
 
 
@@ -458,8 +455,7 @@ def test_tree_walks_trace_in_one_graph_and_match_optree():
     t = [torch.full((2,), float(i)) for i in range(6)]
     adam_state = fo.ScaleByAdamState(count=[t[0], None], mu=[t[1], t[2]], nu=[t[3], t[4]], nu_max=None)
     cases = [
-        ((adam_state, Pair(None, t[5]), fo.EmptyState()), (Pair(t[1], None), [t[2]]),
-         (Pair(t[3], t[4]), [t[5]])),
+        ((adam_state, Pair(None, t[5]), fo.EmptyState()), (Pair(t[1], None), [t[2]]), (Pair(t[3], t[4]), [t[5]])),
         ((adam_state, {"z": t[5], "a": Pair(None, t[0])}), {"w": t[1], "b": None}, {"w": t[2], "b": t[3]}),
     ]
 
@@ -467,6 +463,9 @@ def test_tree_walks_trace_in_one_graph_and_match_optree():
         sel = fo.tree.select(updates, mu=mu)
         return (fo.tree.leaves(state), sel.rebuild([u + m for u, m in zip(sel.updates, sel["mu"])]),
                 sel.rebuild([m * 2 for m in sel["mu"]], "mu"))
+
+    def as_lists(tree):
+        return [None if x is None else x.tolist() for x in optree.tree_leaves(tree, none_is_leaf=True)]
 
     for state, updates, mu in cases:
         torch._dynamo.reset()
@@ -481,6 +480,5 @@ def test_tree_walks_trace_in_one_graph_and_match_optree():
             assert [x.tolist() for x in got[0]] == [x.tolist() for x in optree.tree_leaves(state)]
             for result, want in ((got[1], want_sum), (got[2], want_mu)):
                 assert optree.tree_structure(result, none_is_leaf=True) == optree.tree_structure(want, none_is_leaf=True)
-                assert [None if x is None else x.tolist() for x in optree.tree_leaves(result, none_is_leaf=True)] == \
-                    [None if x is None else x.tolist() for x in optree.tree_leaves(want, none_is_leaf=True)]
+                assert as_lists(result) == as_lists(want)
         assert len(graphs) == 1 and not counters["graph_break"]
