@@ -106,6 +106,7 @@ class EagerEngine(_LeafEngine):
     def __init__(self, params: list[torch.Tensor], lazy_scratch: bool,
                  work: list[torch.Tensor | None] | None = None):
         self.lazy_scratch = lazy_scratch
+        self._split: tuple | None = None
         self.work = work if work is not None else [
             None if lazy_scratch or p.is_sparse else torch.zeros_like(p) for p in params]
 
@@ -122,24 +123,34 @@ class EagerEngine(_LeafEngine):
             fused.step(family, call.group, params, grads, state)
             return state
         dense = all(g is None or not g.is_sparse for g in grads)
+        tx = call.eager_tx()
+        head, scale = self.split(tx)
+        head_state = state[:-1] if head is not tx else state
         if dense and not call.donate_grads:
-            grads = self.copy_to_work(grads)
-        updates, state = call.eager_tx().update(grads, state, params, donate=dense, **call.extra)
-        fo.apply_updates_(params, updates)
-        return state
+            # the first kernel that would overwrite a grad writes into our buffer instead
+            # (no copy pass), the user's p.grad stays as it was
+            with k.donations_into(grads, self.work_for(grads)):
+                updates, head_state = head.update(grads, head_state, params, donate=True, **call.extra)
+        else:
+            updates, head_state = head.update(grads, head_state, params, donate=dense, **call.extra)
+        fo.apply_updates_(params, updates, scale)
+        return (*head_state, state[-1]) if head is not tx else head_state
 
-    def copy_to_work(self, grads: list) -> list:
-        """The grads copied into buffers this engine owns (allocated once)."""
-        present = [i for i, g in enumerate(grads) if g is not None]
-        for i in present:
+    def split(self, tx: fo.GradientTransformation) -> tuple[fo.GradientTransformation, float]:
+        """``tx`` without a final multiplication by a number, and that number (1 if none):
+        the apply adds ``scale * u`` in one pass instead of two (cached per transform)."""
+        if self._split is None or self._split[0] is not tx:
+            self._split = (tx, *(fo.combine.split_final_scale(tx) or (tx, 1.0)))
+        return self._split[1], self._split[2]
+
+    def work_for(self, grads: list) -> list:
+        """Buffers this engine owns, one per present grad (allocated once, reused)."""
+        for i, g in enumerate(grads):
             buf = self.work[i]
-            if buf is None or buf.shape != grads[i].shape or buf.dtype != grads[i].dtype:
-                self.work[i] = torch.empty_like(grads[i])
-        k.copy([self.work[i] for i in present], [grads[i] for i in present])
-        out: list = [None] * len(grads)
-        for i in present:
-            out[i] = self.work[i]
-        return out
+            if g is not None and (buf is None or buf.shape != g.shape or buf.dtype != g.dtype
+                                  or buf.device != g.device):
+                self.work[i] = torch.empty_like(g)
+        return self.work
 
 
 class CompiledEngine(_LeafEngine):

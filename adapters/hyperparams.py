@@ -97,8 +97,10 @@ class GroupHyperparams:
     @staticmethod
     def _tensor(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
-            return value.detach().to(device=device, dtype=dtype).reshape(()).clone()
-        return torch.tensor(float(value), dtype=dtype, device=device)
+            t = value.detach().to(device=device, dtype=dtype).reshape(()).clone()
+        else:
+            t = torch.tensor(float(value), dtype=dtype, device=device)
+        return _graph_input(t)
 
     def factory_kwargs(self, group: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the factory: our tensors for numbers, Python 0 kept as 0."""
@@ -139,6 +141,22 @@ class GroupHyperparams:
                     _assign(t, v)
             else:
                 _assign(held, value)
+
+
+def _graph_input(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a frozen ``nn.Parameter`` (same storage): how a compiled step should see it.
+
+    torch.compile (2.13) gives every plain 0-d float64 CPU input a symbolic float for its
+    ``.item()`` (fake tensors' ``item_memo``), which AOT autograd's tensorify pass then
+    cannot place and answers by restarting the whole dynamo analysis: every compiled step
+    was traced twice. A Parameter is not a plain tensor for that rule, and its ops return
+    plain tensors (it disables ``__torch_function__``), so it is a graph input like any
+    other. Measured: the clip + AdamW chain's cold compile loses its second trace (about a
+    third of the compile).
+    """
+    if t.dim() == 0 and t.device.type == "cpu" and t.dtype == torch.float64:
+        return torch.nn.Parameter(t, requires_grad=False)
+    return t
 
 
 def _number(value: Any) -> Any:

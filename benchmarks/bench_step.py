@@ -23,8 +23,10 @@ of a function doing both. The clip table also times torch fused Adam without cli
 
 Method (the machine's memory bandwidth drifts 10-30% between runs): per (set, optimizer)
 every variant is built first on its own copy of the same params and grads, called once
-(for compiled variants that call is the cold compile, reported; inductor's on-disk caches
-are disabled so it is really cold, and inductor is warmed up on a tiny graph beforehand so
+(for compiled variants that call is the cold compile, reported as wall time, "cold s",
+and as CPU time of this process plus its children, the C++ compiler, "cpu s": on a shared
+machine the wall time also counts other processes' load; inductor's on-disk caches are
+disabled so it is really cold, and inductor is warmed up on a tiny graph beforehand so
 the first table does not pay its imports) and warmed up; then the variants are timed
 round-robin: each of ``--rounds`` rounds runs every variant ``--iters`` steps (the start
 of the round rotates), and a variant's time is the median over rounds of the mean time per
@@ -45,6 +47,13 @@ Usage:
   python benchmarks/bench_step.py --optimizers adam clip --sets big --rounds 9
   python benchmarks/bench_step.py --skip 'torch compiled' --json step.json
   python benchmarks/bench_step.py --optimizers rmsprop asgd --skip 'torch compiled' 'ours compiled' --threads 1
+  python benchmarks/bench_step.py --optimizers clip adam --startup   # + first step in fresh processes
+
+``--startup`` also times what a user's script meets: the first step of ``ours compiled``
+in a fresh Python process (own imports, inductor's one-time setup included), once with an
+empty inductor cache directory (cold start) and once more in a new process with the cache
+the first one filled (warm start: the FX graph and AOT autograd caches skip inductor's
+code generation and the C++ compile; dynamo still traces the step).
 """
 
 from __future__ import annotations
@@ -54,10 +63,13 @@ import datetime
 import gc
 import json
 import math
+import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -148,6 +160,7 @@ class Variant:
     note: str = ""
     keep: Any = None  # keeps the optimizer / tensors alive
     cold_s: float | None = None
+    cold_cpu_s: float | None = None  # CPU of this process and its children (the C++ compiler)
     rounds_ms: list[float] = field(default_factory=list)
 
     @property
@@ -231,10 +244,11 @@ def warm_up(variants: list[Variant], warmup: int) -> None:
     for v in variants:
         if v.step is None:
             continue
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         v.step()
         if v.compiled:
             v.cold_s = time.perf_counter() - start
+            v.cold_cpu_s = _cpu_seconds() - cpu
         for _ in range(warmup):
             v.step()
 
@@ -251,6 +265,13 @@ def time_round_robin(variants: list[Variant], rounds: int, iters: int) -> None:
             for _ in range(iters):
                 step()
             v.rounds_ms.append((time.perf_counter() - start) / iters * 1e3)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (inductor runs the C++
+    compiler as a child process, from a thread of this one)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def warm_inductor() -> None:
@@ -292,6 +313,7 @@ def measure(name: str, shapes: list[list[int]], rounds: int, iters: int, warmup:
             "min_ms": min(v.rounds_ms) if v.rounds_ms else None,
             "max_ms": max(v.rounds_ms) if v.rounds_ms else None,
             "cold_s": v.cold_s,
+            "cold_cpu_s": v.cold_cpu_s,
             "gbps": rate,
             "pct_triad": None if rate is None or triad_gbps is None else 100 * rate / triad_gbps,
             "ours_eager_over_this": None if v.label == TRIAD else ratio(eager and eager.median_ms, v.median_ms),
@@ -316,12 +338,13 @@ def _f(x: float | None, fmt: str) -> str:
 def print_table(set_name: str, name: str, result: dict[str, Any]) -> None:
     print(f"\n{set_name} / {name}  (ideal traffic {result['bytes_per_element']} B/element; "
           f"triad {_f(result['triad_gbps'], '.1f')} GB/s in the same rounds)")
-    print(f"  {'variant':<27} {'median ms':>10} {'min-max ms':>15} {'cold s':>7} {'GB/s':>6} {'% triad':>8} "
-          f"{'eager/this':>11} {'compiled/this':>14}  note")
+    print(f"  {'variant':<27} {'median ms':>10} {'min-max ms':>15} {'cold s':>7} {'cpu s':>6} {'GB/s':>6} "
+          f"{'% triad':>8} {'eager/this':>11} {'compiled/this':>14}  note")
     for label, r in result["variants"].items():
         spread = "-" if r["min_ms"] is None else f"{r['min_ms']:.2f}-{r['max_ms']:.2f}"
         pct = "-" if r["pct_triad"] is None else f"{r['pct_triad']:.0f}%"
         print(f"  {label:<27} {_f(r['median_ms'], '.2f'):>10} {spread:>15} {_f(r['cold_s'], '.2f'):>7} "
+              f"{_f(r.get('cold_cpu_s'), '.2f'):>6} "
               f"{_f(r['gbps'], '.1f'):>6} {pct:>8} {_f(r['ours_eager_over_this'], '.2f'):>11} "
               f"{_f(r['ours_compiled_over_this'], '.2f'):>14}  {r['note']}")
 
@@ -384,6 +407,53 @@ def _finite_or_null(x: Any) -> Any:
     return x
 
 
+def param_sets(names: list[str], quick: bool) -> dict[str, list[list[int]]]:
+    """The shapes of each param set by name ("big", "resnet50"; small ones with ``quick``)."""
+    sets: dict[str, list[list[int]]] = {}
+    if "big" in names:
+        sets["big"] = [[200_000]] if quick else [[10_000_000]]
+    if "resnet50" in names:
+        resnet = resnet50_shapes()
+        sets["resnet50"] = [s for s in resnet if len(s) == 1][:40] if quick else resnet
+    return sets
+
+
+def startup_child(set_name: str, name: str, quick: bool) -> None:
+    """Run in a fresh process by :func:`measure_startup`: times the first step of our
+    compiled optimizer (inductor's one-time setup included) and prints it as JSON."""
+    params = make_params(param_sets([set_name], quick)[set_name])
+    opt = SPECS[name].ours(params, compile=True)
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    opt.step()
+    print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": _cpu_seconds() - cpu}))
+
+
+def measure_startup(set_name: str, name: str, quick: bool, threads: int | None) -> dict[str, Any]:
+    """Cold start (empty inductor cache directory), then warm start (a second fresh process
+    on the cache the first one filled) of the first compiled step."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_step_inductor_") as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        # this checkout's packages, whatever is installed
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--startup-child", set_name, name]
+        cmd += (["--quick"] if quick else []) + ([] if threads is None else ["--threads", str(threads)])
+        for kind in ("cold", "warm"):
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            out[kind] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def print_startup(startup: dict[str, Any]) -> None:
+    print("\nStartup: first step of 'ours compiled' in a fresh process; cold = empty inductor cache, "
+          "warm = a new process on the cache the cold one filled (wall s / CPU s with the C++ compiler)")
+    print(f"  {'set':<10} {'optimizer':<10} {'cold wall':>10} {'cold cpu':>9} {'warm wall':>10} {'warm cpu':>9}")
+    for set_name, per_set in startup.items():
+        for name, r in per_set.items():
+            print(f"  {set_name:<10} {name:<10} {r['cold']['wall_s']:>10.2f} {r['cold']['cpu_s']:>9.2f} "
+                  f"{r['warm']['wall_s']:>10.2f} {r['warm']['cpu_s']:>9.2f}")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few rounds and iterations (CI smoke)")
@@ -397,19 +467,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None, help="also write all numbers to this file")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for the run (default: torch's; 1 steadies a shared machine)")
+    parser.add_argument("--startup", action="store_true",
+                        help="also time the first compiled step in fresh processes (cold and warm inductor cache)")
+    parser.add_argument("--startup-child", nargs=2, metavar=("SET", "OPTIMIZER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.startup_child:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        startup_child(*args.startup_child, quick=args.quick)
+        return {}
     unknown = set(args.skip) - set(VARIANTS) - {CLIP_REF}
     if unknown:
         parser.error(f"unknown --skip label(s) {sorted(unknown)}; known: {VARIANTS + [CLIP_REF]}")
     rounds = args.rounds or (3 if args.quick else 7)
     iters = args.iters or (3 if args.quick else 10)
 
-    sets: dict[str, list[list[int]]] = {}
-    if "big" in args.sets:
-        sets["big"] = [[200_000]] if args.quick else [[10_000_000]]
-    if "resnet50" in args.sets:
-        resnet = resnet50_shapes()
-        sets["resnet50"] = [s for s in resnet if len(s) == 1][:40] if args.quick else resnet
+    sets = param_sets(args.sets, args.quick)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -431,12 +504,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print_table(set_name, name, result)
     summary = summarize(results)
     print_summary(summary)
+    startup: dict[str, Any] = {}
+    if args.startup:
+        for set_name in sets:
+            startup[set_name] = {name: measure_startup(set_name, name, args.quick, args.threads)
+                                 for name in args.optimizers}
+        print_startup(startup)
 
     report = {
         "torch": torch.__version__, "threads": threads, "python": platform.python_version(),
         "machine": platform.machine(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "commit": _git_commit(), "argv": sys.argv[1:] if argv is None else list(argv), "quick": args.quick, "rounds": rounds, "iters": iters,
-        "warmup": args.warmup, "skip": args.skip, "results": results, "summary": summary,
+        "warmup": args.warmup, "skip": args.skip, "results": results, "summary": summary, "startup": startup,
     }
     if args.json is not None:
         args.json.write_text(json.dumps(_finite_or_null(report), indent=2))

@@ -44,7 +44,32 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return updates, tuple(new_state)
 
     tx = GradientTransformation(init_fn, update_fn)
+    update_fn.parts = transforms  # read by :func:`split_final_scale`
     return declare(tx, needs_of_all(*transforms))
+
+
+def split_final_scale(tx: GradientTransformation) -> tuple[GradientTransformation, float] | None:
+    """``(head, factor)`` when ``tx`` is a :func:`chain` ending in a stateless
+    multiplication by a Python number (``scale``, ``scale_by_learning_rate`` with a number):
+    ``tx``'s updates are then ``factor * head's``, and ``head``'s state is ``tx``'s without
+    its last entry. None otherwise.
+
+    For callers that apply updates themselves: ``p.add_(u, alpha=factor)`` adds the scaled
+    update in one pass instead of two (the eager adapter does).
+
+    Example:
+      >>> import functional_optim as fo
+      >>> head, factor = fo.combine.split_final_scale(fo.chain(fo.scale_by_sign(), fo.scale(0.5)))
+      >>> factor
+      0.5
+    """
+    parts = getattr(tx.update, "parts", None)
+    if not parts:
+        return None
+    factor = getattr(parts[-1].update, "constant_factor", None)
+    if factor is None:
+        return None
+    return chain(*parts[:-1]), factor
 
 
 def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:

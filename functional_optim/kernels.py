@@ -27,6 +27,7 @@ every value it saved. Plain eager and compiled steps keep their in-place writes.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from numbers import Number
@@ -48,7 +49,7 @@ __all__ = [
     "gather_sparse", "scatter_sparse", "sparse_like", "rows_to_dense", "row_masks",
     "norms", "global_norm", "vdot", "all_finite", "count_nonfinite", "leafwise", "norm_dtype",
     "masked_fill", "mul_real", "means", "unit_norms", "rms", "writes_in_place",
-    "scaled_div", "div_root", "mul_root", "power",
+    "scaled_div", "div_root", "mul_root", "power", "donations_into",
 ]
 
 _FOREACH_POLICY: bool | None = None  # None: automatic (see use_foreach)
@@ -88,6 +89,50 @@ def writes_in_place(donate: bool) -> bool:
       tensor(0.)
     """
     return bool(donate) and not _in_functorch_transform()
+
+
+_DONATIONS = threading.local()
+
+
+@contextlib.contextmanager
+def donations_into(sources: Sequence[Tensor | None], targets: Sequence[Tensor | None]):
+    """Within the block, a kernel asked to overwrite one of ``sources`` (``donate=True``)
+    writes its result into the aligned ``targets`` buffer instead, leaving the source intact.
+
+    The eager adapter passes the user's ``p.grad`` tensors to a donating update this way:
+    the first kernel that would overwrite a grad reads it and writes into a buffer the
+    optimizer owns, with no copy pass beforehand. Later kernels donate that buffer as usual.
+    ``targets`` must match their sources in shape, dtype and device (None entries: no
+    redirection). Nothing changes under ``torch.func`` transforms (nothing is written there).
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> g, buf = torch.tensor([1.0, 2.0]), torch.zeros(2)
+      >>> with fo.kernels.donations_into([g], [buf]):
+      ...     out = fo.kernels.mul([g], 3.0, donate=True)
+      >>> out[0] is buf, g, buf
+      (True, tensor([1., 2.]), tensor([3., 6.]))
+    """
+    previous = getattr(_DONATIONS, "map", None)
+    mapping = dict(previous or {})
+    for s, t in zip(sources, targets):
+        if s is not None and t is not None:
+            mapping[id(s)] = t
+    _DONATIONS.map = mapping
+    try:
+        yield
+    finally:
+        _DONATIONS.map = previous
+
+
+def _donated(xs: Sequence[Tensor]) -> Sequence[Tensor]:
+    """Where a donating kernel writes ``xs``: ``xs`` itself (the same object) unless some
+    are redirected by :func:`donations_into`."""
+    mapping = getattr(_DONATIONS, "map", None)
+    if not mapping:
+        return xs
+    targets = [mapping.get(id(x), x) for x in xs]
+    return xs if all(t is x for t, x in zip(targets, xs)) else targets
 
 
 def use_foreach(tensors: Sequence[Tensor]) -> bool:
@@ -160,7 +205,7 @@ def _map(op: str, xs: Sequence[Tensor], *args: Any, donate: bool = False,
     if not writes_in_place(donate or out is not None):
         donate, out = False, None
     if donate:
-        out = xs
+        out = _donated(xs)
     real_xs = [_real(x) for x in xs]
     real_args = [[_real(a) for a in arg] if _is_list(arg) else _real(arg) for arg in args]
     real_args, want = _python_scalar_semantics(real_xs, real_args)
@@ -320,7 +365,7 @@ def _write(results: TensorList, xs: Sequence[Tensor], dtypes: list[torch.dtype],
     if not writes_in_place(donate or out is not None):
         donate, out = False, None
     if donate:
-        return copy(xs, results)
+        return copy(_donated(xs), results)
     if out is not None:
         return copy(out, results)
     return cast(results, dtypes)
@@ -357,7 +402,7 @@ def scaled_div(xs: Sequence[Tensor], ys: Sequence[Tensor], value: Scalar = 1, *,
             return div(xs, ys, donate=donate, out=out)
         scaled = mul(xs, value, donate=donate, out=out)
         return div(scaled, ys, donate=True)  # the donated or given buffers, or a fresh product
-    targets = xs if donate else out
+    targets = _donated(xs) if donate else out
     for i, (x, y, t) in enumerate(zip(xs, ys, targets)):
         _scaled_div_into(_real(x), _real(y), _nth(value, i), _real(t))
     return list(targets)
@@ -459,7 +504,7 @@ def div_root(xs: Sequence[Tensor], ss: Sequence[Tensor], eps: Scalar = 0.0, valu
         if not _is_zero_number(eps):  # a fresh root, but sqrt saved it for backward
             d = add(d, eps, donate=not _differentiating(d))
         return scaled_div(xs, d, value, donate=donate, out=out)
-    targets = xs if donate else out
+    targets = _donated(xs) if donate else out
     for i, (x, s, t) in enumerate(zip(xs, ss, targets)):
         rs = _real(s)
         d = _scratch_like(rs)
@@ -491,7 +536,7 @@ def mul_root(xs: Sequence[Tensor], ss: Sequence[Tensor], eps_root: Scalar = 0.0,
     if not _one_pass(donate, out, xs, ss):
         root = sqrt(add(ss, eps_root), donate=True)  # a fresh sum: ours to overwrite
         return mul(xs, root, donate=donate, out=out)
-    targets = xs if donate else out
+    targets = _donated(xs) if donate else out
     for i, (x, s, t) in enumerate(zip(xs, ss, targets)):
         rs = _real(s)
         d = torch.add(rs, _nth(eps_root, i), out=_scratch_like(rs))
@@ -685,6 +730,8 @@ def masked_fill(xs: Sequence[Tensor], masks: Sequence[Tensor], value: Scalar, *,
     complex ``x``, covers the whole element (both components), as ``jnp.where`` does."""
     if not writes_in_place(donate or out is not None):
         donate, out = False, None
+    if donate and _donated(xs) is not xs:
+        donate, out = False, _donated(xs)
     results = []
     for i, (x, m) in enumerate(zip(xs, masks)):
         v = _nth(value, i)
@@ -704,6 +751,8 @@ def mul_real(xs: Sequence[Tensor], factors: Sequence[Tensor], *, donate: bool = 
     (real) dtype of ``x``, else the result is promoted."""
     if not writes_in_place(donate or out is not None):
         donate, out = False, None
+    if donate and _donated(xs) is not xs:
+        donate, out = False, _donated(xs)
     results = []
     for i, (x, f) in enumerate(zip(xs, factors)):
         if donate:
@@ -787,6 +836,7 @@ def scatter_sparse(xs: Sequence[Tensor], masks: Sequence[Tensor], values: Sequen
     """Each ``x`` with its entries at the indices of ``mask`` replaced by ``values``
     (in place when donated). Entries elsewhere are untouched."""
     if writes_in_place(donate):
+        xs = copy(_donated(xs), xs) if _donated(xs) is not xs else xs
         return [x.index_put_(tuple(m._indices()), v) for x, m, v in zip(xs, masks, values)]
     return [x.index_put(tuple(m._indices()), v) for x, m, v in zip(xs, masks, values)]
 

@@ -2,6 +2,14 @@
 
 ``None`` leaves mean "no gradient here": maps skip them and keep them as ``None``.
 Arithmetic goes through the kernel layer, so it is multi-tensor where that pays off.
+
+Flattening is written for ``torch.compile`` too. Dynamo replaces optree's C++ functions
+by Python polyfills it traces node by node (``optree.tree_leaves`` of an Adam state: about
+200 ms of tracing), except ``optree.tree_map``, which it maps natively (about 1 ms). So
+while compiling, leaves are collected with ``tree_map``; plain lists of tensors (what the
+adapter passes) are taken as they are. Dynamo's ``tree_map`` visits dicts in insertion
+order where optree sorts their keys: trees holding dicts still go through optree, so the
+results are always optree's.
 """
 
 from __future__ import annotations
@@ -38,6 +46,111 @@ def _flatten(tree: PyTree) -> tuple[list, optree.PyTreeSpec]:
     return optree.tree_flatten(tree, none_is_leaf=True)
 
 
+def _is_flat_sequence(tree: Any) -> bool:
+    # a plain list or tuple (not a subclass: NamedTuples are optree nodes of their own)
+    # whose items are tensors or None: optree's leaves are then the items themselves.
+    # A loop, not all(<genexpr>): cheaper for dynamo to trace
+    if type(tree) is not list and type(tree) is not tuple:
+        return False
+    for x in tree:
+        if x is not None and not isinstance(x, torch.Tensor):
+            return False
+    return True
+
+
+def _is_dict(node: Any) -> bool:
+    return isinstance(node, dict)
+
+
+def _aligned_leaves(updates: PyTree, others: list[PyTree]) -> list[tuple] | None:
+    """Rows ``(leaf of updates, aligned leaf of each other tree)`` in optree's order
+    (None a leaf), collected by ``optree.tree_map`` (cheap to trace); None when optree's
+    flattening must decide: a dict (see the module docstring), structures that differ, or
+    another tree holding something other than a tensor or None where ``updates`` has a
+    leaf (a subtree: optree's prefix rule)."""
+    rows: list[tuple] = []
+
+    def collect(*xs: Any) -> None:
+        rows.append(xs)
+
+    try:
+        optree.tree_map(collect, updates, *others, none_is_leaf=True, is_leaf=_is_dict)
+    except (ValueError, TypeError):
+        return None
+    for row in rows:
+        if isinstance(row[0], dict):
+            return None
+        for x in row[1:]:
+            if x is not None and not isinstance(x, torch.Tensor):
+                return None
+    return rows
+
+
+class _SequenceSpec:
+    """The structure of a flat list or tuple of ``n`` leaves."""
+
+    __slots__ = ("kind", "n")
+
+    def __init__(self, kind: type, n: int):
+        self.kind, self.n = kind, n
+
+    def unflatten(self, leaves: list) -> PyTree:
+        return self.kind(leaves)
+
+    def __str__(self) -> str:  # as optree prints it
+        return str(optree.tree_structure(self.kind([None] * self.n), none_is_leaf=True))
+
+
+class _TreeSpec:
+    """The structure of ``tree`` (None a leaf), kept as the tree itself: unflattening maps
+    over it with ``optree.tree_map``, which dynamo traces natively (used while compiling,
+    for trees without dicts: the order of the leaves is then optree's)."""
+
+    __slots__ = ("tree",)
+
+    def __init__(self, tree: PyTree):
+        self.tree = tree
+
+    def unflatten(self, leaves: list) -> PyTree:
+        it = iter(leaves)
+        return optree.tree_map(lambda _: next(it), self.tree, none_is_leaf=True)
+
+    def __str__(self) -> str:
+        return str(optree.tree_structure(self.tree, none_is_leaf=True))
+
+
+class _OptreeSpec:
+    """An optree spec with the ``unflatten`` method of the other two."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: optree.PyTreeSpec):
+        self.spec = spec
+
+    def unflatten(self, leaves: list) -> PyTree:
+        return optree.tree_unflatten(self.spec, leaves)
+
+    def __str__(self) -> str:
+        return str(self.spec)
+
+
+def _flatten_all(updates: PyTree, trees: dict[str, PyTree]) -> tuple[_OptreeSpec, list[list]]:
+    """The updates' optree spec and the leaves of every tree (updates first); raises
+    ValueError naming the first tree whose structure differs."""
+    leaves, spec = _flatten(updates)
+    columns = [leaves]
+    for name, tree in trees.items():
+        other, other_spec = _flatten(tree)
+        if other_spec != spec:
+            what = {"params": "params", "mask": "mask", "b": "the second tree"}.get(name, f"state ({name!r})")
+            raise ValueError(
+                f"{what} does not match the structure of the updates: expected "
+                f"{describe(spec)}, got {describe(other_spec)}; was the state made by "
+                "init() on other params?")
+        columns.append(other)
+    return _OptreeSpec(spec), columns
+
+
 class Selection:
     """The present (non-None) leaves of an updates tree, with aligned leaves of other trees.
 
@@ -48,18 +161,32 @@ class Selection:
     """
 
     def __init__(self, updates: PyTree, trees: dict[str, PyTree]):
-        leaves, self.spec = _flatten(updates)
+        names = list(trees)
+        plain = _is_flat_sequence(updates)
+        for tree in trees.values():
+            plain = plain and _is_flat_sequence(tree)
+        columns: list[list] | None = None
+        if plain:  # the adapter's lists of tensors: the leaves are the items
+            spec: Any = _SequenceSpec(type(updates), len(updates))
+            columns = [list(updates)]
+            for name in names:
+                if type(trees[name]) is not spec.kind or len(trees[name]) != spec.n:
+                    columns = None  # reported by optree's flattening below
+                    break
+                columns.append(list(trees[name]))
+        elif torch.compiler.is_compiling():  # eagerly, optree's C++ flattening is the fastest
+            spec = _TreeSpec(updates)
+            rows = _aligned_leaves(updates, [trees[n] for n in names])
+            if rows is not None:
+                columns = [[row[j] for row in rows] for j in range(len(names) + 1)]
+        if columns is None:  # optree decides (and names a tree that differs)
+            spec, columns = _flatten_all(updates, trees)
+        self.spec = spec
+        leaves = columns[0]
         self.index = [i for i, leaf in enumerate(leaves) if leaf is not None]
         self._leaves: dict[str | None, list] = {None: leaves}
-        for name, tree in trees.items():
-            other, spec = _flatten(tree)
-            if spec != self.spec:
-                what = {"params": "params", "mask": "mask", "b": "the second tree"}.get(name, f"state ({name!r})")
-                raise ValueError(
-                    f"{what} does not match the structure of the updates: expected "
-                    f"{describe(self.spec)}, got {describe(spec)}; was the state made by "
-                    "init() on other params?")
-            self._leaves[name] = other
+        for name, column in zip(names, columns[1:]):
+            self._leaves[name] = column
         self.updates = [leaves[i] for i in self.index]
 
     def __getitem__(self, name: str) -> list:
@@ -71,9 +198,12 @@ class Selection:
 
     def rebuild(self, new: Sequence[Any], name: str | None = None) -> PyTree:
         full = list(self._leaves[name])
-        for i, leaf in zip(self.index, new):
-            full[i] = leaf
-        return optree.tree_unflatten(self.spec, full)
+        if len(self.index) == len(full) == len(new):  # no None leaf: the new leaves in order
+            full = list(new)
+        else:
+            for i, leaf in zip(self.index, new):
+                full[i] = leaf
+        return self.spec.unflatten(full)
 
 
 def select(updates: PyTree, **trees: PyTree) -> Selection:
@@ -108,8 +238,22 @@ def map(f: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
 
 
 def leaves(tree: PyTree) -> list[torch.Tensor]:
-    """The non-None leaves of ``tree`` in order."""
-    return optree.tree_leaves(tree)
+    """The non-None leaves of ``tree`` in order (``optree.tree_leaves``; while compiling,
+    collected with ``optree.tree_map``, which dynamo traces cheaply: see the module docstring).
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.tree.leaves((fo.ScaleByAdamState(torch.ones(()), [torch.zeros(2)], [None], None), []))
+      [tensor(1.), tensor([0., 0.])]
+    """
+    if not torch.compiler.is_compiling():
+        return optree.tree_leaves(tree)
+    out: list = []
+    optree.tree_map(out.append, tree, is_leaf=_is_dict)
+    for x in out:
+        if isinstance(x, dict):  # dynamo's tree_map would not sort its keys as optree does
+            return optree.tree_leaves(tree)
+    return out
 
 
 def _binary(kernel: Callable, a: PyTree, b: PyTree, *args: Any) -> PyTree:

@@ -26,10 +26,14 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     return sel.rebuild(new, "params")
 
 
-def apply_updates_(params: PyTree, updates: PyTree) -> PyTree:
-    """Add ``updates`` into ``params`` in place (the caller owns the params) and return them.
+def apply_updates_(params: PyTree, updates: PyTree, scale: float = 1.0) -> PyTree:
+    """Add ``scale * updates`` into ``params`` in place (the caller owns the params) and
+    return them.
 
-    Runs under ``torch.no_grad()``; None updates leave their param untouched.
+    Runs under ``torch.no_grad()``; None updates leave their param untouched. ``scale``
+    (a Python number, default 1) is applied in the same pass as the addition (one
+    rounding, ``p.add_(u, alpha=scale)``) where ``u`` has ``p``'s dtype, else to ``u``
+    before it is cast to ``p``'s dtype.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -42,8 +46,8 @@ def apply_updates_(params: PyTree, updates: PyTree) -> PyTree:
     with torch.no_grad():
         ps = sel["params"]
         same = [i for i, (p, u) in enumerate(zip(ps, sel.updates)) if p.dtype == u.dtype]
-        k.add([ps[i] for i in same], [sel.updates[i] for i in same], donate=True)
+        k.add([ps[i] for i in same], [sel.updates[i] for i in same], scale, donate=True)
         for p, u in zip(ps, sel.updates):
             if p.dtype != u.dtype:
-                p.add_(u.to(p.dtype))
+                p.add_((u if scale == 1 else u * scale).to(p.dtype))
     return params

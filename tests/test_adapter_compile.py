@@ -21,7 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import adapters
 import functional_optim as fo
-from adapter_harness import groups, leaves, make_grads, make_params, max_rel_diff, state_tensors, train
+from adapter_harness import (groups, leaves, make_grads, make_params, max_rel_diff, max_tensor_rel_diff,
+                             state_tensors, train)
 
 STEPS = 200
 # Compiled vs eager, float64 model, 200 steps of a small regression. The compiled graph
@@ -348,3 +349,136 @@ def test_reducing_chain_runs_on_flat_buffers_with_one_graph_whatever_the_param_c
         assert max_rel_diff([flat], [eager]) <= 1e-13
         state = opt.state_dict()["state"]
         assert len(state) == n and state[n - 1]["ClipByGlobalNormState.global_norm"].item() > 0.5
+
+
+# ---------------------------------------------------------------------------------
+# Compile cost and the shape of the compiled step (issue 10): structural facts only
+
+
+def _clipped_adamw_cosine(lr=1e-2, max_norm=0.5, weight_decay=0.1):
+    # the lr (a group hyperparameter, fed as a 0-d float64 tensor) is a cosine schedule's peak
+    return fo.chain(fo.clip_by_global_norm(max_norm), fo.scale_by_adam(), fo.add_decayed_weights(weight_decay),
+                    fo.scale_by_learning_rate(fo.schedules.warmup_cosine_decay_schedule(0.0, lr, 10, 100)))
+
+
+def test_compiled_clip_chain_is_one_analysis_and_computes_per_step_scalars_once():
+    # One dynamo analysis: float64 0-d CPU hyperparameter inputs used to make AOT
+    # autograd's tensorify pass restart it (every compiled step traced twice). And the
+    # per-step scalars stay out of the update loop: the clip factor (the norm's sqrt and a
+    # division) and the schedule's cosine are computed once, before the elementwise loop
+    # over the buffer, not for every vector of it (measured +40% step time when inlined).
+    from torch._inductor.utils import run_and_get_code
+
+    gen = torch.Generator().manual_seed(0)
+    values = [torch.randn(64, 32, generator=gen), torch.randn(2048, generator=gen)]  # 4096: no padding
+    grads = [torch.randn(v.shape, generator=gen) for v in values]
+    runs = []
+    for compile in (True, False):
+        params = [torch.nn.Parameter(v.clone()) for v in values]
+        opt = adapters.FunctionalOptimizer(params, _clipped_adamw_cosine, compile=compile)
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        runs.append((opt, params))
+    (opt, params), (eager_opt, eager_params) = runs
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        _, codes = run_and_get_code(opt.step)
+    assert opt._groups[0].engine.kind == "flat"
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert counters["aot_autograd"]["total"] == 1  # 2 when the analysis restarts
+    kernels = [c for c in codes if 'extern "C"' in c]
+    assert len(kernels) == 1
+    code = kernels[0]
+    update_loop = code[code.rindex("for(int64_t x0"):]  # the last loop: the elementwise update
+    assert "4096L" in update_loop.split("\n", 1)[0]  # over the whole flat buffer
+    assert code.count("std::cos") == 1 and "std::cos" not in update_loop
+    assert "std::sqrt" in code and "std::sqrt" not in update_loop  # Adam's sqrt is vectorised there
+    # and the steps are the eager ones (float32: the fused kernel rounds differently)
+    for _ in range(2):
+        opt.step()
+    for _ in range(3):
+        eager_opt.step()
+    assert min(float((p.detach() - v).abs().max()) for p, v in zip(params, values)) > 0
+    assert max_tensor_rel_diff(list(params), list(eager_params)) <= 1e-6
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager-engine", "compiled-engine"])
+@pytest.mark.parametrize("cls", [adapters.Adam, adapters.SGD], ids=lambda c: c.__name__)
+def test_user_compiled_training_step_adds_no_graph_break_or_recompile(cls, compile):
+    # As test_user_compiled_training_step_follows_lr_changes (AdamW), for Adam and SGD: a
+    # user's torch.compile of forward, backward, step and zero_grad, a LambdaLR changing the
+    # (float) lr every step. The only graph breaks are torch's (Tensor.backward, the step
+    # wrapper LR schedulers install); no frame compiles more than twice (the second time
+    # when the lr float first changes: dynamo then makes it an input), none after step 2.
+    steps = 12
+    torch._dynamo.reset()
+    counters.clear()
+    model = _model()
+    kwargs = dict(momentum=0.9) if cls is adapters.SGD else dict(weight_decay=0.1)
+    opt = cls(model.parameters(), lr=0.01, compile=compile, **kwargs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 + s))
+    xs, ys = _batches(steps)
+
+    def train_step(x, y):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    backend = _CompileIds()
+    step = torch.compile(train_step, backend=backend)
+    seen_after_two = None
+    for i in range(steps):
+        step(xs[i], ys[i])
+        sched.step()
+        if i == 1:
+            seen_after_two = set(backend.compile_ids)
+    assert backend.compile_ids == seen_after_two
+    assert all(n <= 1 for _, n in backend.compile_ids)
+    reasons = list(counters["graph_break"])
+    assert any("backward" in r for r in reasons)
+    assert all("backward" in r or "lr_scheduler.py" in r for r in reasons)
+    assert len({frame for frame, _ in backend.compile_ids}) <= 3
+
+
+def test_tree_walks_trace_in_one_graph_and_match_optree():
+    # While compiling, fo.tree.leaves and Selection collect leaves with optree.tree_map
+    # (dynamo maps it natively; its tree_leaves/tree_flatten are polyfills traced node by
+    # node, ~100x slower to trace). Same leaves, order and structures as optree, eagerly
+    # and traced, with NamedTuples, Nones and dicts (whose keys optree sorts: those trees
+    # still go through optree's flattening).
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "a b")
+    t = [torch.full((2,), float(i)) for i in range(6)]
+    adam_state = fo.ScaleByAdamState(count=[t[0], None], mu=[t[1], t[2]], nu=[t[3], t[4]], nu_max=None)
+    cases = [
+        ((adam_state, Pair(None, t[5]), fo.EmptyState()), (Pair(t[1], None), [t[2]]), (Pair(t[3], t[4]), [t[5]])),
+        ((adam_state, {"z": t[5], "a": Pair(None, t[0])}), {"w": t[1], "b": None}, {"w": t[2], "b": t[3]}),
+    ]
+
+    def walk(state, updates, mu):
+        sel = fo.tree.select(updates, mu=mu)
+        return (fo.tree.leaves(state), sel.rebuild([u + m for u, m in zip(sel.updates, sel["mu"])]),
+                sel.rebuild([m * 2 for m in sel["mu"]], "mu"))
+
+    def as_lists(tree):
+        return [None if x is None else x.tolist() for x in optree.tree_leaves(tree, none_is_leaf=True)]
+
+    for state, updates, mu in cases:
+        torch._dynamo.reset()
+        counters.clear()
+        graphs = []
+        traced = torch.compile(walk, backend=lambda gm, _: graphs.append(gm) or gm.forward,
+                               fullgraph=True)(state, updates, mu)
+        eager = walk(state, updates, mu)
+        want_sum = optree.tree_map(lambda u, m: None if u is None else u + m, updates, mu, none_is_leaf=True)
+        want_mu = optree.tree_map(lambda u, m: m if u is None else m * 2, updates, mu, none_is_leaf=True)
+        for got in (eager, traced):
+            assert [x.tolist() for x in got[0]] == [x.tolist() for x in optree.tree_leaves(state)]
+            for result, want in ((got[1], want_sum), (got[2], want_mu)):
+                assert optree.tree_structure(result, none_is_leaf=True) == optree.tree_structure(want, none_is_leaf=True)
+                assert as_lists(result) == as_lists(want)
+        assert len(graphs) == 1 and not counters["graph_break"]

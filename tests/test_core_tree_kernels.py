@@ -108,6 +108,62 @@ def test_kernel_pure_donate_and_reference(name, foreach):
         fo.kernels.set_foreach(None)
 
 
+REDIRECTED = {
+    **{name: run for name, (run, _) in KERNELS.items() if name != "sqrt"},
+    "scaled_div": lambda xs, ys, zs, **kw: k.scaled_div(xs, zs, -0.5, **kw),
+    "div_root": lambda xs, ys, zs, **kw: k.div_root(xs, zs, 1e-3, 2.0, **kw),
+    "mul_root": lambda xs, ys, zs, **kw: k.mul_root(xs, zs, 1e-3, **kw),
+    "masked_fill": lambda xs, ys, zs, **kw: k.masked_fill(xs, [y > 0 for y in ys], 0.0, **kw),
+    "mul_real": lambda xs, ys, zs, **kw: k.mul_real(xs, zs, **kw),
+    "lerp_bf16": lambda xs, ys, zs, **kw: k.lerp(xs, ys, torch.tensor(0.1), **kw),
+}
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["per_tensor", "foreach"])
+@pytest.mark.parametrize("name", list(REDIRECTED))
+def test_donations_into_writes_the_buffers_and_leaves_the_sources(name, foreach):
+    run = REDIRECTED[name]
+    fo.kernels.set_foreach(foreach)
+    try:
+        xs, ys, zs = _lists()
+        if name == "lerp_bf16":
+            xs, ys = [x.bfloat16() for x in xs], [y.bfloat16() for y in ys]
+        originals = [x.clone() for x in xs]
+        expected = run([x.clone() for x in xs], ys, zs, donate=True)
+        buffers = [torch.full_like(x, float("nan")) for x in xs]
+        with k.donations_into(xs, buffers):
+            result = run(xs, ys, zs, donate=True)
+        assert all(r is b for r, b in zip(result, buffers))  # written into the given buffers
+        assert all(torch.equal(x, o) for x, o in zip(xs, originals))  # the sources untouched
+        for r, e in zip(result, expected):
+            assert torch.equal(r, e)  # the same bits as donating the sources themselves
+        assert k.mul(xs, 2.0, donate=True)[0] is xs[0]  # outside the block: donation as usual
+    finally:
+        fo.kernels.set_foreach(None)
+
+
+def test_donations_into_is_ignored_under_torch_func():
+    x, buf = torch.tensor([1.0, 2.0]), torch.zeros(2)
+    with k.donations_into([x], [buf]):
+        out = torch.func.vmap(lambda t: k.mul([t], 3.0, donate=True)[0])(x.unsqueeze(1))
+    assert torch.equal(out.squeeze(1), 3 * x) and torch.equal(buf, torch.zeros(2))
+
+
+def test_split_final_scale_and_scaled_apply():
+    head, factor = fo.combine.split_final_scale(fo.chain(fo.scale_by_rms(), fo.scale_by_learning_rate(0.1)))
+    assert factor == -0.1 and len(head.init([torch.zeros(2)])) == 1
+    assert fo.combine.split_final_scale(fo.chain(fo.scale(2.0), fo.scale_by_sign())) is None
+    assert fo.combine.split_final_scale(fo.scale(2.0)) is None  # not a chain
+    assert fo.combine.split_final_scale(fo.chain(fo.scale_by_learning_rate(torch.tensor(0.1)))) is None
+    assert fo.combine.split_final_scale(fo.chain(fo.scale_by_learning_rate(lambda c: 0.1))) is None
+    p, u = torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([0.3, -0.7], dtype=torch.float64)
+    fo.apply_updates_([p], [u], -0.1)
+    assert torch.equal(p, torch.tensor([1.0, 2.0], dtype=torch.float64).add(u, alpha=-0.1))
+    q = torch.ones(2, dtype=torch.bfloat16)
+    fo.apply_updates_([q], [torch.tensor([0.25, 0.5])], 2.0)  # scaled in float32, then cast
+    assert torch.equal(q, torch.tensor([1.5, 2.0], dtype=torch.bfloat16))
+
+
 def test_out_argument_and_complex_per_component():
     xs, ys, _ = _lists()
     out = [torch.empty_like(x) for x in xs]

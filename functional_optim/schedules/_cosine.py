@@ -40,12 +40,15 @@ def cosine_decay_schedule(init_value: Any, decay_steps: int, alpha: Any = 0.0, e
     steps = float(decay_steps)
 
     def schedule(count):
-        c = torch.clamp(float_count(count), max=steps)
-        cosine = 0.5 * (1 + torch.cos(math.pi * c / steps))
-        value = init_value * ((1 - alpha) * cosine ** exponent + alpha)
-        return finish(value, count, init_value, alpha, exponent)
+        return finish(_cosine(count, init_value, steps, alpha, exponent), count, init_value, alpha, exponent)
 
     return schedule
+
+
+def _cosine(count: Any, init_value: Any, steps: float, alpha: Any, exponent: Any) -> torch.Tensor:
+    c = torch.clamp(float_count(count), max=steps)
+    cosine = 0.5 * (1 + torch.cos(math.pi * c / steps))
+    return init_value * ((1 - alpha) * cosine ** exponent + alpha)
 
 
 def warmup_cosine_decay_schedule(init_value: Any, peak_value: Any, warmup_steps: int, decay_steps: int,
@@ -80,14 +83,21 @@ def warmup_cosine_decay_schedule(init_value: Any, peak_value: Any, warmup_steps:
     if not decay_steps > warmup_steps:
         raise ValueError(f"{name}: decay_steps (the total length, warmup included) must be greater than "
                          f"warmup_steps, got decay_steps={decay_steps}, warmup_steps={warmup_steps}")
+    check_value("exponent", exponent)
     if isinstance(peak_value, torch.Tensor):
-        alpha = torch.where(peak_value == 0, 0.0, end_value / torch.where(peak_value == 0, 1.0, peak_value))
+        steps = float(decay_steps - warmup_steps)
+
+        def decay(count):
+            # alpha from the peak's current value, at every call: a tensor peak may change
+            # in place (the adapter refreshes its lr tensor before each step), and a tensor
+            # derived here once would go stale (and be one more input of a compiled step)
+            alpha = torch.where(peak_value == 0, 0.0, end_value / torch.where(peak_value == 0, 1.0, peak_value))
+            return finish(_cosine(count, peak_value, steps, alpha, exponent), count, peak_value, exponent)
     else:
         alpha = 0.0 if peak_value == 0.0 else end_value / peak_value
-    return join_schedules(
-        [linear_schedule(init_value, peak_value, transition_steps=warmup_steps),
-         cosine_decay_schedule(peak_value, decay_steps - warmup_steps, alpha=alpha, exponent=exponent)],
-        [warmup_steps])
+        decay = cosine_decay_schedule(peak_value, decay_steps - warmup_steps, alpha=alpha, exponent=exponent)
+    return join_schedules([linear_schedule(init_value, peak_value, transition_steps=warmup_steps), decay],
+                          [warmup_steps])
 
 
 def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, Any]]) -> Schedule:

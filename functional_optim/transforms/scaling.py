@@ -43,7 +43,15 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
         del params, extra
         return _multiply(updates, step_size, donate), state
 
-    return mark_elementwise(GradientTransformation(init_empty_state, update_fn))
+    return _constant(mark_elementwise(GradientTransformation(init_empty_state, update_fn)), step_size)
+
+
+def _constant(tx: GradientTransformation, factor: Any) -> GradientTransformation:
+    # a multiplication by a Python number: ``fo.combine.split_final_scale`` may fold it
+    # into the apply (``p.add_(u, alpha=factor)``)
+    if isinstance(factor, (int, float)) and not isinstance(factor, bool):
+        tx.update.constant_factor = float(factor)
+    return tx
 
 
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
@@ -102,7 +110,9 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
         factor = -learning_rate if flip_sign else learning_rate
         return _multiply(updates, factor, donate), state
 
-    return mark_elementwise(GradientTransformation(init_empty_state, update_fn))
+    tx = mark_elementwise(GradientTransformation(init_empty_state, update_fn))
+    return _constant(tx, -learning_rate if flip_sign and not isinstance(learning_rate, torch.Tensor)
+                     else learning_rate)
 
 
 def scale_by_sign() -> GradientTransformation:
