@@ -16,6 +16,7 @@ import torch
 
 import functional_optim as fo
 from functional_optim.hyperparams import concrete
+from functional_optim.aliases._common import reject as _reject
 
 from .lr_finder import LearningRateFinder
 from .schedulers import ExponentialLR, LinearLR, WarmupCosineSchedule
@@ -23,12 +24,6 @@ from .torch_optim import _TorchCompatible
 
 __all__ = ["LearningRateFinder", "ExponentialLR", "LinearLR", "WarmupCosineSchedule", "Novograd",
            "generate_param_groups"]
-
-
-def _reject(bad: bool, message: str, rule: str) -> None:
-    # MONAI's message first (code matching on it keeps working), then the rule naming the argument
-    if bad:
-        raise ValueError(f"{message} ({rule})")
 
 
 class Novograd(_TorchCompatible):

@@ -50,18 +50,17 @@ from .wrappers import (apply_if_finite, ApplyIfFiniteState, conditionally_mask,
 from .updates import apply_updates, apply_updates_
 from . import monai  # monai.optimizers' functional side (MONAI is never imported)
 from . import timm  # timm.optim's functional side (timm is never imported)
-from .timm import nvnovograd  # torch.optim has no NvNovoGrad: timm's at top level
-from .timm import adabelief, adamp, sgdp  # torch.optim has none of these: timm's at top level
-from .transforms import (ScaleByBeliefState, ScaleByNadamLegacyState, scale_by_belief, scale_by_nadam_legacy,
-                         scale_by_timm_adam, trace_from_zero)
+# torch.optim has no optimizer of these names: timm's at top level
+from .timm import adabelief, adahessian, adamp, madgrad, nvnovograd, sgdp
+from .transforms import (AddRelativeStepDecayedWeightsState, ScaleByAdahessianState, ScaleByBeliefState,
+                         ScaleByFactoredRmsState, ScaleByLambMomentsState, ScaleByMadgradState,
+                         ScaleByNadamLegacyState, ScaleByRelativeStepSizeState, add_decoupled_weight_decay,
+                         add_relative_step_decayed_weights, divide_by_global_norm, scale_by_adahessian,
+                         scale_by_belief, scale_by_factored_rms, scale_by_lamb_moments,
+                         scale_by_lamb_trust_ratio, scale_by_lars_trust_ratio, scale_by_madgrad,
+                         scale_by_nadam_legacy, scale_by_relative_step_size, scale_by_timm_adam,
+                         trace_from_zero)
 from .wrappers import cautious, scale_invariant_projection
-from .timm import adahessian, madgrad  # torch.optim has no MADGRAD/Adahessian: timm's at top level
-from .transforms import (AddRelativeStepDecayedWeightsState, ScaleByAdahessianState, ScaleByFactoredRmsState,
-                         ScaleByMadgradState, ScaleByRelativeStepSizeState, add_relative_step_decayed_weights,
-                         scale_by_adahessian, scale_by_factored_rms, scale_by_madgrad,
-                         scale_by_relative_step_size)
-from .transforms import (ScaleByLambMomentsState, add_decoupled_weight_decay, divide_by_global_norm,
-                         scale_by_lamb_moments, scale_by_lamb_trust_ratio, scale_by_lars_trust_ratio)
 from .schedules import (constant_schedule, cosine_decay_schedule, cosine_onecycle_schedule,
                         exponential_decay, exponential_range_schedule, join_schedules,
                         linear_onecycle_schedule, linear_range_schedule, linear_schedule,

@@ -8,12 +8,10 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .aliases.timm_adam_family import (adabelief, adamp, adamw_legacy, nadam_legacy, radam_legacy,
+                                      rmsprop_tf, sgdp)
+from .aliases.timm_layerwise import lamb, lars, nvnovograd
+from .aliases.timm_misc import adafactor, adahessian, madgrad
 
-from .aliases.timm_layerwise import lamb, lars, nvnovograd  # timm.optim.Lamb, Lars, NvNovoGrad
-__all__ += ["lamb", "lars", "nvnovograd"]
-from .aliases.timm_adam_family import (adabelief, adamp, adamw_legacy, nadam_legacy, radam_legacy,  # noqa: E402
-                                      rmsprop_tf, sgdp)  # timm.optim's Adam family
-__all__ += ["adabelief", "adamp", "sgdp", "adamw_legacy", "nadam_legacy", "radam_legacy", "rmsprop_tf"]
-from .aliases.timm_misc import adafactor, adahessian, madgrad  # noqa: E402  (timm.optim.Adafactor, Adahessian, MADGRAD)
-__all__ += ["madgrad", "adafactor", "adahessian"]
+__all__ = ["adabelief", "adafactor", "adahessian", "adamp", "adamw_legacy", "lamb", "lars", "madgrad",
+           "nadam_legacy", "nvnovograd", "radam_legacy", "rmsprop_tf", "sgdp"]

@@ -12,33 +12,32 @@ from __future__ import annotations
 
 # torch.optim's classes, which timm.optim re-exports: the adapters' drop-ins
 from ..torch_optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
+from ._adabelief import AdaBelief
+from ._adafactor import Adafactor
+from ._adahessian import Adahessian
+from ._adamp import AdamP
+from ._adamw_legacy import AdamWLegacy
 from ._factory import (create_optimizer, create_optimizer_v2, get_optimizer_class, get_optimizer_info,
                        list_optimizers, optimizer_kwargs)
+from ._lamb import Lamb
+from ._lars import Lars
 from ._lookahead import Lookahead
+from ._madgrad import MADGRAD
+from ._nadam_legacy import NAdamLegacy
+from ._nvnovograd import NvNovoGrad
 from ._param_groups import auto_group_layers, param_groups_layer_decay, param_groups_weight_decay
+from ._radam_legacy import RAdamLegacy
 from ._registry import OptimInfo, OptimizerRegistry
+from ._rmsprop_tf import RMSpropTF
+from ._sgdp import SGDP
 
-__all__: list[str] = [
+__all__ = [
     "create_optimizer_v2", "create_optimizer", "optimizer_kwargs", "list_optimizers", "get_optimizer_class",
     "get_optimizer_info", "OptimInfo", "OptimizerRegistry",
     "param_groups_weight_decay", "param_groups_layer_decay", "auto_group_layers", "Lookahead",
+    # timm's own classes (the registry imports them lazily by path)
+    "AdaBelief", "Adafactor", "Adahessian", "AdamP", "AdamWLegacy", "Lamb", "Lars", "MADGRAD",
+    "NAdamLegacy", "NvNovoGrad", "RAdamLegacy", "RMSpropTF", "SGDP",
+    # torch.optim's, re-exported as timm.optim does
     "SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "Adagrad", "RMSprop",
 ]
-
-# optimizer classes: timm's own, one module each (adapters/timm/_<module>.py). Add one line per
-# class below, of the form
-#     from ._adabelief import AdaBelief; __all__.append("AdaBelief")  # noqa: E702
-# (the registry imports them lazily by path, so this block is only for the public namespace)
-from ._adabelief import AdaBelief; __all__.append("AdaBelief")  # noqa: E702
-from ._adamp import AdamP; __all__.append("AdamP")  # noqa: E702
-from ._sgdp import SGDP; __all__.append("SGDP")  # noqa: E702
-from ._adamw_legacy import AdamWLegacy; __all__.append("AdamWLegacy")  # noqa: E702
-from ._nadam_legacy import NAdamLegacy; __all__.append("NAdamLegacy")  # noqa: E702
-from ._radam_legacy import RAdamLegacy; __all__.append("RAdamLegacy")  # noqa: E702
-from ._rmsprop_tf import RMSpropTF; __all__.append("RMSpropTF")  # noqa: E702
-from ._lamb import Lamb; __all__.append("Lamb")  # noqa: E702
-from ._lars import Lars; __all__.append("Lars")  # noqa: E702
-from ._nvnovograd import NvNovoGrad; __all__.append("NvNovoGrad")  # noqa: E702
-from ._madgrad import MADGRAD; __all__.append("MADGRAD")  # noqa: E702
-from ._adafactor import Adafactor; __all__.append("Adafactor")  # noqa: E702
-from ._adahessian import Adahessian; __all__.append("Adahessian")  # noqa: E702

@@ -4,14 +4,9 @@ from typing import Optional
 
 import functional_optim as fo
 from functional_optim.hyperparams import concrete
+from functional_optim.aliases._common import reject as _reject
 
 from ..torch_optim import _TorchCompatible
-
-
-def _reject(bad: bool, message: str, rule: str) -> None:
-    # timm's message first (code matching on it keeps working), then the rule naming the argument
-    if bad:
-        raise ValueError(f"{message} ({rule})")
 
 
 def _check_adam_like(lr, eps, betas) -> None:

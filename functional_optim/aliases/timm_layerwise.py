@@ -10,33 +10,17 @@ import torch
 
 from ..base import GradientTransformation
 from ..combine import chain
-from ..hyperparams import check_number, concrete, is_schedule
 from ..transforms import add_decayed_weights, scale, scale_by_learning_rate, trace
 from ..transforms.layerwise_adaptive import (divide_by_global_norm, scale_by_lamb_moments,
                                              scale_by_lamb_trust_ratio, scale_by_lars_trust_ratio)
 from ..transforms.novograd import scale_by_novograd
 from ..transforms.weight_decay import add_decoupled_weight_decay, decoupled_decay_rate
 from ..wrappers.caution import cautious
-from ._common import is_zero
+from ._common import is_zero, number, reject
 
 __all__ = ["lamb", "lars", "nvnovograd"]
 
 Number = float | torch.Tensor
-
-
-def _reject(bad: bool, message: str, rule: str) -> None:
-    # timm's message first (code matching on it keeps working), then the rule naming the argument
-    if bad:
-        raise ValueError(f"{message} ({rule})")
-
-
-def _number(name: str, value: Any) -> float | None:
-    """The value of a number or 0-d tensor hyperparameter (None when it cannot be read)."""
-    if is_schedule(value):
-        raise TypeError(f"{name} must be a number or a 0-d tensor, got a schedule "
-                        "(use fo.inject_hyperparams to schedule it)")
-    check_number(name, value)
-    return concrete(value)
 
 
 def _shown(value: Any, v: float | None) -> Any:
@@ -44,8 +28,8 @@ def _shown(value: Any, v: float | None) -> Any:
 
 
 def _at_least(name: str, value: Any, message: str, low: float = 0.0) -> None:
-    v = _number(name, value)
-    _reject(v is not None and not v >= low, message.format(_shown(value, v)), f"{name} must be >= {low:g}")
+    v = number(name, value)
+    reject(v is not None and not v >= low, message.format(_shown(value, v)), f"{name} must be >= {low:g}")
 
 
 def _flags(**flags: Any) -> None:
@@ -58,8 +42,8 @@ def _betas(betas: Any) -> tuple[Any, Any]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     for i, beta in enumerate(betas):
-        v = _number(f"betas[{i}]", beta)
-        _reject(v is not None and not 0.0 <= v < 1.0, f"Invalid beta parameter at index {i}: {_shown(beta, v)}",
+        v = number(f"betas[{i}]", beta)
+        reject(v is not None and not 0.0 <= v < 1.0, f"Invalid beta parameter at index {i}: {_shown(beta, v)}",
                 f"betas[{i}] must be in [0, 1)")
     return betas[0], betas[1]
 
@@ -71,8 +55,8 @@ def max_lr_for(lr: Any, corrected_weight_decay: bool, max_lr_snapshot: Any) -> A
     max_lr = lr if max_lr_snapshot is None else max_lr_snapshot
     if isinstance(max_lr, torch.Tensor) and max_lr_snapshot is None:
         max_lr = max_lr.detach().clone()  # a snapshot: not differentiated, not changed in place with lr
-    v = _number("max_lr_snapshot", max_lr)
-    _reject(corrected_weight_decay and v is not None and v <= 0,
+    v = number("max_lr_snapshot", max_lr)
+    reject(corrected_weight_decay and v is not None and v <= 0,
             f"Corrected weight decay requires a positive max lr, got {v}. Construct the optimizer "
             "with the peak lr.", "max_lr_snapshot (or lr) must be > 0 with corrected_weight_decay")
     return max_lr
@@ -165,8 +149,8 @@ def lamb(lr: Number = 1e-3, bias_correction: bool = True, betas: tuple[Any, Any]
     max_lr = max_lr_for(lr, corrected_weight_decay, max_lr_snapshot)
     b1, b2 = _betas(betas)
     if max_grad_norm is not None:
-        v = _number("max_grad_norm", max_grad_norm)
-        _reject(v is not None and not v > 0, f"Invalid max_grad_norm: {_shown(max_grad_norm, v)}",
+        v = number("max_grad_norm", max_grad_norm)
+        reject(v is not None and not v > 0, f"Invalid max_grad_norm: {_shown(max_grad_norm, v)}",
                 "max_grad_norm must be > 0, or None for no clipping")
 
     moments = scale_by_lamb_moments(b1, b2, eps, bias_correction, grad_averaging)
@@ -240,8 +224,8 @@ def lars(lr: Number = 1.0, momentum: Number = 0, dampening: Number = 0, weight_d
     _at_least("momentum", momentum, "Invalid momentum value: {}")
     _at_least("weight_decay", weight_decay, "Invalid weight_decay value: {}")
     _flags(nesterov=nesterov, trust_clip=trust_clip, always_adapt=always_adapt)
-    m, d = _number("momentum", momentum), _number("dampening", dampening)
-    _reject(nesterov and ((m is not None and m <= 0) or (d is not None and d != 0)),
+    m, d = number("momentum", momentum), number("dampening", dampening)
+    reject(nesterov and ((m is not None and m <= 0) or (d is not None and d != 0)),
             "Nesterov momentum requires a momentum and zero dampening",
             "nesterov=True needs momentum > 0 and dampening == 0")
     _at_least("trust_coeff", trust_coeff, "Invalid trust_coeff: {}")

@@ -9,31 +9,15 @@ import torch
 
 from ..base import GradientTransformation
 from ..combine import chain
-from ..hyperparams import check_number, concrete, is_schedule
 from ..transforms import add_decayed_weights, clip_by_block_rms, ema, scale, scale_by_learning_rate
 from ..transforms.adahessian import scale_by_adahessian
 from ..transforms.factored import scale_by_factored_rms
 from ..transforms.madgrad import scale_by_madgrad
 from ..transforms.relative_step import add_relative_step_decayed_weights, scale_by_relative_step_size
 from ..wrappers.caution import cautious
-from ._common import is_zero
+from ._common import is_zero, number, reject
 
 __all__ = ["madgrad", "adafactor", "adahessian"]
-
-
-def _reject(bad: bool, message: str, rule: str) -> None:
-    # timm's message first (code matching on it keeps working), then the rule naming the argument
-    if bad:
-        raise ValueError(f"{message} ({rule})")
-
-
-def _number(name: str, value: Any) -> float | None:
-    """The value of a number or 0-d tensor hyperparameter (None when it cannot be read)."""
-    if is_schedule(value):
-        raise TypeError(f"{name} must be a number or a 0-d tensor, got a schedule "
-                        "(use fo.inject_hyperparams to schedule it)")
-    check_number(name, value)
-    return concrete(value)
 
 
 def _flag(name: str, value: Any) -> None:
@@ -78,14 +62,14 @@ def madgrad(lr: float | torch.Tensor = 1e-2, momentum: float | torch.Tensor = 0.
       >>> fo.apply_updates(params, u)["w"]  # about -g / |g|**(2/3)
       tensor([-1.0000, -2.0000])
     """
-    v_mom, v_lr, v_wd, v_eps = (_number(n, x) for n, x in (("momentum", momentum), ("lr", lr),
+    v_mom, v_lr, v_wd, v_eps = (number(n, x) for n, x in (("momentum", momentum), ("lr", lr),
                                                            ("weight_decay", weight_decay), ("eps", eps)))
-    _reject(v_mom is not None and not 0 <= v_mom < 1, f"Momentum {momentum} must be in the range [0,1]",
+    reject(v_mom is not None and not 0 <= v_mom < 1, f"Momentum {momentum} must be in the range [0,1]",
             "momentum must be in [0, 1)")
-    _reject(v_lr is not None and v_lr <= 0, f"Learning rate {lr} must be positive", "lr must be > 0")
-    _reject(v_wd is not None and v_wd < 0, f"Weight decay {weight_decay} must be non-negative",
+    reject(v_lr is not None and v_lr <= 0, f"Learning rate {lr} must be positive", "lr must be > 0")
+    reject(v_wd is not None and v_wd < 0, f"Weight decay {weight_decay} must be non-negative",
             "weight_decay must be >= 0")
-    _reject(v_eps is not None and v_eps < 0, "Eps must be non-negative", "eps must be >= 0")
+    reject(v_eps is not None and v_eps < 0, "Eps must be non-negative", "eps must be >= 0")
     _flag("decoupled_decay", decoupled_decay)
     return scale_by_madgrad(lr, momentum, eps, weight_decay, decoupled_decay)
 
@@ -150,27 +134,27 @@ def adafactor(lr: float | torch.Tensor | None = None, eps: float | torch.Tensor 
       >>> u["w"]  # at t = 1: -lr * g / |g|
       tensor([-0.1000,  0.1000, -0.1000])
     """
-    _reject(bool(warmup_init) and lr is not None, "warmup_init requires relative_step=True",
+    reject(bool(warmup_init) and lr is not None, "warmup_init requires relative_step=True",
             "warmup_init needs lr=None")
     if lr is not None:
-        v_lr = _number("lr", lr)
-        _reject(v_lr is not None and v_lr < 0, f"Invalid learning rate: {lr}", "lr must be >= 0 or None")
+        v_lr = number("lr", lr)
+        reject(v_lr is not None and v_lr < 0, f"Invalid learning rate: {lr}", "lr must be >= 0 or None")
     for name, value, low in (("eps", eps, 0.0), ("eps_scale", eps_scale, 0.0), ("weight_decay", weight_decay, 0.0)):
-        v = _number(name, value)
-        _reject(v is not None and not v >= low, f"Invalid {name} value: {value}", f"{name} must be >= 0")
-    v_clip = _number("clip_threshold", clip_threshold)
-    _reject(v_clip is not None and not v_clip > 0, f"Invalid clip_threshold value: {clip_threshold}",
+        v = number(name, value)
+        reject(v is not None and not v >= low, f"Invalid {name} value: {value}", f"{name} must be >= 0")
+    v_clip = number("clip_threshold", clip_threshold)
+    reject(v_clip is not None and not v_clip > 0, f"Invalid clip_threshold value: {clip_threshold}",
             "clip_threshold must be > 0")
-    v_dr = _number("decay_rate", decay_rate)
-    _reject(v_dr is not None and not v_dr <= 0, f"Invalid decay_rate value: {decay_rate}", "decay_rate must be <= 0")
+    v_dr = number("decay_rate", decay_rate)
+    reject(v_dr is not None and not v_dr <= 0, f"Invalid decay_rate value: {decay_rate}", "decay_rate must be <= 0")
     beta1 = None
     if betas is not None:
         if not isinstance(betas, (tuple, list)) or len(betas) < 1:
             raise ValueError(f"betas must be None or a pair (beta1, beta2), got {betas!r}")
         beta1 = betas[0]
         if beta1 is not None:
-            v_b1 = _number("betas[0]", beta1)
-            _reject(v_b1 is not None and not 0 <= v_b1 < 1, f"Invalid beta parameter at index 0: {beta1}",
+            v_b1 = number("betas[0]", beta1)
+            reject(v_b1 is not None and not 0 <= v_b1 < 1, f"Invalid beta parameter at index 0: {beta1}",
                     "betas[0] must be in [0, 1)")
     for name, flag in (("scale_parameter", scale_parameter), ("warmup_init", warmup_init), ("caution", caution)):
         _flag(name, flag)
@@ -241,19 +225,19 @@ def adahessian(lr: float | torch.Tensor = 0.1, betas: tuple[Any, Any] = (0.9, 0.
       >>> u["w"]  # -g / |D|
       tensor([-0.2500,  1.0000])
     """
-    v_lr, v_eps, v_hp = _number("lr", lr), _number("eps", eps), _number("hessian_power", hessian_power)
-    _reject(v_lr is not None and not 0.0 <= v_lr, f"Invalid learning rate: {lr}", "lr must be >= 0")
-    _reject(v_eps is not None and not 0.0 <= v_eps, f"Invalid epsilon value: {eps}", "eps must be >= 0")
+    v_lr, v_eps, v_hp = number("lr", lr), number("eps", eps), number("hessian_power", hessian_power)
+    reject(v_lr is not None and not 0.0 <= v_lr, f"Invalid learning rate: {lr}", "lr must be >= 0")
+    reject(v_eps is not None and not 0.0 <= v_eps, f"Invalid epsilon value: {eps}", "eps must be >= 0")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     for i, beta in enumerate(betas):
-        v = _number(f"betas[{i}]", beta)
-        _reject(v is not None and not 0.0 <= v < 1.0, f"Invalid beta parameter at index {i}: {beta}",
+        v = number(f"betas[{i}]", beta)
+        reject(v is not None and not 0.0 <= v < 1.0, f"Invalid beta parameter at index {i}: {beta}",
                 f"betas[{i}] must be in [0, 1)")
-    _reject(v_hp is not None and not 0.0 <= v_hp <= 1.0, f"Invalid Hessian power value: {hessian_power}",
+    reject(v_hp is not None and not 0.0 <= v_hp <= 1.0, f"Invalid Hessian power value: {hessian_power}",
             "hessian_power must be in [0, 1]")
-    v_wd = _number("weight_decay", weight_decay)
-    _reject(v_wd is not None and v_wd < 0, f"Invalid weight_decay value: {weight_decay}",
+    v_wd = number("weight_decay", weight_decay)
+    reject(v_wd is not None and v_wd < 0, f"Invalid weight_decay value: {weight_decay}",
             "weight_decay must be >= 0")
     for name, value in (("update_each", update_each), ("n_samples", n_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -8,7 +8,7 @@ import torch
 
 from .. import kernels as k
 from .. import steps
-from ..base import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule, init_empty_state, mark_elementwise
+from ..base import GradientTransformation, ScalarOrSchedule, Schedule, init_empty_state, mark_elementwise
 from ..hyperparams import check_number, check_range, is_schedule, value_at
 from ..tree import select
 
