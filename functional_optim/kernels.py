@@ -129,7 +129,7 @@ def _donated(xs: Sequence[Tensor]) -> Sequence[Tensor]:
     """Where a donating kernel writes ``xs``: ``xs`` itself (the same object) unless some
     are redirected by :func:`donations_into`."""
     mapping = getattr(_DONATIONS, "map", None)
-    if not mapping:
+    if not mapping or xs is None:
         return xs
     targets = [mapping.get(id(x), x) for x in xs]
     return xs if all(t is x for t, x in zip(targets, xs)) else targets
@@ -204,8 +204,7 @@ def _map(op: str, xs: Sequence[Tensor], *args: Any, donate: bool = False,
             raise ValueError(f"kernel {op}: list arguments have lengths {n} and {len(a)}")
     if not writes_in_place(donate or out is not None):
         donate, out = False, None
-    if donate:
-        out = _donated(xs)
+    out = _donated(xs) if donate else _donated(out)
     real_xs = [_real(x) for x in xs]
     real_args = [[_real(a) for a in arg] if _is_list(arg) else _real(arg) for arg in args]
     real_args, want = _python_scalar_semantics(real_xs, real_args)
@@ -367,7 +366,7 @@ def _write(results: TensorList, xs: Sequence[Tensor], dtypes: list[torch.dtype],
     if donate:
         return copy(_donated(xs), results)
     if out is not None:
-        return copy(out, results)
+        return copy(_donated(out), results)
     return cast(results, dtypes)
 
 
@@ -402,7 +401,7 @@ def scaled_div(xs: Sequence[Tensor], ys: Sequence[Tensor], value: Scalar = 1, *,
             return div(xs, ys, donate=donate, out=out)
         scaled = mul(xs, value, donate=donate, out=out)
         return div(scaled, ys, donate=True)  # the donated or given buffers, or a fresh product
-    targets = _donated(xs) if donate else out
+    targets = _donated(xs) if donate else _donated(out)
     for i, (x, y, t) in enumerate(zip(xs, ys, targets)):
         _scaled_div_into(_real(x), _real(y), _nth(value, i), _real(t))
     return list(targets)
@@ -504,7 +503,7 @@ def div_root(xs: Sequence[Tensor], ss: Sequence[Tensor], eps: Scalar = 0.0, valu
         if not _is_zero_number(eps):  # a fresh root, but sqrt saved it for backward
             d = add(d, eps, donate=not _differentiating(d))
         return scaled_div(xs, d, value, donate=donate, out=out)
-    targets = _donated(xs) if donate else out
+    targets = _donated(xs) if donate else _donated(out)
     for i, (x, s, t) in enumerate(zip(xs, ss, targets)):
         rs = _real(s)
         d = _scratch_like(rs)
@@ -536,7 +535,7 @@ def mul_root(xs: Sequence[Tensor], ss: Sequence[Tensor], eps_root: Scalar = 0.0,
     if not _one_pass(donate, out, xs, ss):
         root = sqrt(add(ss, eps_root), donate=True)  # a fresh sum: ours to overwrite
         return mul(xs, root, donate=donate, out=out)
-    targets = _donated(xs) if donate else out
+    targets = _donated(xs) if donate else _donated(out)
     for i, (x, s, t) in enumerate(zip(xs, ss, targets)):
         rs = _real(s)
         d = torch.add(rs, _nth(eps_root, i), out=_scratch_like(rs))
@@ -662,6 +661,7 @@ def where(cond: Scalar, xs: Sequence[Tensor], others: Any, *,
     """
     if out is not None and not writes_in_place(True):
         out = None
+    out = _donated(out)
     results = []
     for i, x in enumerate(xs):
         c = _nth(cond, i)
@@ -687,6 +687,7 @@ def copy(dst: Sequence[Tensor], src: Sequence[Tensor]) -> TensorList:
     transforms ``src`` is returned instead (nothing is written in place)."""
     if not writes_in_place(True):
         return list(src)
+    dst = _donated(dst)
     if use_foreach(dst):
         torch._foreach_copy_(list(dst), list(src))
     else:
@@ -732,6 +733,7 @@ def masked_fill(xs: Sequence[Tensor], masks: Sequence[Tensor], value: Scalar, *,
         donate, out = False, None
     if donate and _donated(xs) is not xs:
         donate, out = False, _donated(xs)
+    out = _donated(out)
     results = []
     for i, (x, m) in enumerate(zip(xs, masks)):
         v = _nth(value, i)
@@ -753,6 +755,7 @@ def mul_real(xs: Sequence[Tensor], factors: Sequence[Tensor], *, donate: bool = 
         donate, out = False, None
     if donate and _donated(xs) is not xs:
         donate, out = False, _donated(xs)
+    out = _donated(out)
     results = []
     for i, (x, f) in enumerate(zip(xs, factors)):
         if donate:
@@ -806,6 +809,7 @@ def select_by_sign(tests: Sequence[Tensor], positive: Any, negative: Any, zero: 
     """
     if out is not None and not writes_in_place(True):
         out = None
+    out = _donated(out)
     results = []
     for i, t in enumerate(tests):
         rt = _real(t)

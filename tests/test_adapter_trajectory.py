@@ -138,11 +138,24 @@ def test_fixed_transform_matches_torch_sgd(compile):
     assert max_rel_diff(train(opt, params, grads), ref) <= TOL
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-def test_step_leaves_grads_unchanged(compile):
+GRAD_KEEPERS = {  # eager ones run the donating functional update (no fused kernel)
+    "adam_compiled": lambda ps: adapters.Adam(ps, lr=0.1, compile=True),
+    "adam_functional": lambda ps: adapters.Adam(ps, lr=0.1, fused=False),
+    "rmsprop_centered_momentum": lambda ps: adapters.RMSprop(ps, lr=0.1, centered=True, momentum=0.9),
+    "adadelta": lambda ps: adapters.Adadelta(ps, weight_decay=0.1),
+    "nadam": lambda ps: adapters.NAdam(ps, lr=0.1, decoupled_weight_decay=True, weight_decay=0.1),
+    "asgd": lambda ps: adapters.ASGD(ps, lr=0.1, t0=2),
+    "rprop": lambda ps: adapters.Rprop(ps, lr=0.1),
+    "clip_chain": lambda ps: adapters.FunctionalOptimizer(
+        ps, lambda lr: fo.chain(fo.clip_by_global_norm(0.5), fo.adamw(lr)), lr=0.1),
+}
+
+
+@pytest.mark.parametrize("name", list(GRAD_KEEPERS))
+def test_step_leaves_grads_unchanged(name):
     grads = make_grads(5, none_every=None)
     params = leaves(make_params())
-    opt = adapters.Adam(groups(params, [{}, dict(weight_decay=0.1), {}]), lr=0.1, compile=compile)
+    opt = GRAD_KEEPERS[name](groups(params, [{}, dict(weight_decay=0.1), {}]))
     for g in grads:
         set_grads(params, g)
         given = [p.grad for p in params]

@@ -116,6 +116,11 @@ REDIRECTED = {
     "masked_fill": lambda xs, ys, zs, **kw: k.masked_fill(xs, [y > 0 for y in ys], 0.0, **kw),
     "mul_real": lambda xs, ys, zs, **kw: k.mul_real(xs, zs, **kw),
     "lerp_bf16": lambda xs, ys, zs, **kw: k.lerp(xs, ys, torch.tensor(0.1), **kw),
+    # transforms also write a donated input through ``out=`` (e.g. Rprop's sign)
+    "sign_out": lambda xs, ys, zs, donate: k.sign(xs, out=xs if donate else None),
+    "where_out": lambda xs, ys, zs, donate: k.where([y > 0 for y in ys], xs, 0.0, out=xs if donate else None),
+    "select_by_sign_out": lambda xs, ys, zs, donate: k.select_by_sign(ys, xs, 0.0, xs, out=xs if donate else None),
+    "copy": lambda xs, ys, zs, donate: k.copy(xs, ys) if donate else ys,
 }
 
 
