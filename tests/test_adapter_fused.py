@@ -2,9 +2,9 @@
 
 * the dispatched step is torch's fused step bit for bit (same kernel, same state), and the
   functional update (``fused=False``) agrees with it to rounding over 50 steps: float64
-  1e-14 relative; float32 2e-6 (measured up to 1.4e-6 for AdamW; the functional update's
-  arrangement of Adam's scalars differs from torch's for-loop by as much, while torch's
-  for-loop and fused kernel differ by up to 7e-8). Adagrad's stays within one ulp of the
+  1e-14 relative; float32 4e-7, the loosest agreement of torch's own for-loop and fused
+  kernel over these options (measured: torch 3.7e-7 for SGD nesterov, 7.3e-8 for AdamW;
+  ours up to 3.7e-7 and 7.2e-8). Adagrad's stays within one ulp of the
   largest param, as torch's own for-loop does of its kernel (both measured in the test);
 * it falls back to the functional update where the kernel does not apply;
 * a param whose gradient or state is laid out unlike it (the kernels pair elements by
@@ -60,7 +60,7 @@ def test_dispatched_step_is_torchs_fused_step_and_agrees_with_the_functional_upd
     loop_kwargs = {**kwargs, "lr": float(kwargs["lr"])}  # torch's for-loop computes in float32 with a float32 tensor lr
     torch_loop, _ = _run(torch_cls, loop_kwargs, dtype, none_every, foreach=False)
     assert max_rel_diff(dispatched, torch_fused) == 0.0  # the same kernel on the same state
-    tolerance = 1e-14 if dtype == torch.float64 else 2e-6
+    tolerance = 1e-14 if dtype == torch.float64 else 4e-7
     assert max_rel_diff(functional, dispatched) <= tolerance
     assert max_rel_diff(functional, torch_loop) <= tolerance  # and the functional update is torch's
     ours_state, ref_state = opt.state_dict()["state"], torch_opt.state_dict()["state"]

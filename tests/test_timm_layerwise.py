@@ -295,7 +295,9 @@ def test_trust_ratio_branches_are_exercised():
 def test_decoupled_weight_decay_values():
     p = {"w": torch.tensor([2.0, -4.0])}
     tx = fo.add_decoupled_weight_decay(0.1, 0.5)
-    assert torch.equal(tx.update({"w": torch.zeros(2)}, tx.init(p), p)[0]["w"], torch.tensor([-0.1, 0.2]))
+    decay = tx.update({"w": torch.zeros(2)}, tx.init(p), p)[0]["w"]
+    assert torch.equal(decay, p["w"] * (1 - 0.05) - p["w"])  # so p + decay rounds as p.mul_(1 - r)
+    torch.testing.assert_close(decay, torch.tensor([-0.1, 0.2]), rtol=1e-6, atol=0)
     lr = torch.tensor(0.5)
     tx = fo.add_decoupled_weight_decay(0.1, lr, max_learning_rate=1.0)
     lr.fill_(0.25)  # read at every update: (0.25**2 / 1.0) * 0.1
