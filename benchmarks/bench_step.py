@@ -48,6 +48,38 @@ Usage:
   python benchmarks/bench_step.py --skip 'torch compiled' --json step.json
   python benchmarks/bench_step.py --optimizers rmsprop asgd --skip 'torch compiled' 'ours compiled' --threads 1
   python benchmarks/bench_step.py --optimizers clip adam --startup   # + first step in fresh processes
+  python benchmarks/bench_step.py --quick --optimizers timm_lamb timm_rmsproptf   # timm's classes
+  python benchmarks/bench_step.py --optimizers timm_lamb timm_lars timm_nvnovograd timm_adabelief \
+      timm_rmsproptf timm_madgrad --sets resnet50          # issue 11's targets
+
+timm's optimizers (``--optimizers timm_lamb timm_lars ...``, one choice per class of
+``adapters.timm`` but Adahessian, see below): per (set, optimizer) the variants
+
+  timm             timm's own class (``timm.optim.<Class>``, default flags: on CPU timm picks
+                   its for-loop implementation, ``foreach=None`` resolves to False there)
+  timm foreach     the same with foreach=True (AdaBelief, AdamWLegacy, RMSpropTF, Lamb, Lars;
+                   "-" for the classes without a foreach implementation)
+  ours eager       ``adapters.timm.<Class>`` (the drop-in for timm's class)
+  ours compiled    ``FunctionalOptimizer(params, fo.timm.<name>, compile=True, ...)``, the same
+                   hyperparameters (``TIMM_SPECS``: timm's defaults, plus momentum 0.9 for
+                   Lars, SGDP and RMSpropTF, and weight decay for a few)
+  triad            as above
+
+timm is an optional benchmark dependency (``pip install timm==1.0.31``), imported only by
+``benchmarks/timm_reference.py`` through ``tests/reference/timm_shim.py`` (timm imports
+torchvision, which has no build for this torch), and only when a ``timm_*`` choice runs;
+without it the timm rows read "-" with the reason in their note (``BENCH_STEP_NO_TIMM=1``
+simulates that). Their ideal traffic counts one pass: read p, g and every per-element state
+tensor, write p and the states (AdaBelief, AdamP, AdamWLegacy, NAdamLegacy, RAdamLegacy,
+RMSpropTF with momentum 28; SGDP, Lars with momentum, NvNovoGrad 20, its second moment is
+one scalar per tensor; MADGRAD 32: it also reads x0; Lamb 32: 28 plus reading g for the
+global norm, as clip; Adafactor 12 plus 8 per element of the tensors it does not factor);
+the extra reads of layer-wise norms and projections are not counted, so GB/s is a floor.
+The summary gives, per timm choice, ours compiled / timm, ours eager / timm (and the same
+against timm foreach), the cold compile of ours compiled (wall and CPU seconds), and on the
+full resnet50 set the issue 11 check for Lamb, Lars, NvNovoGrad, AdaBelief, RMSpropTF and
+MADGRAD: cold compile <= 5 s wall, and ours compiled at least 3x faster than the faster of
+timm's two variants (compiled / timm <= 1/3).
 
 ``--startup`` also times what a user's script meets: the first step of ``ours compiled``
 in a fresh Python process (own imports, inductor's one-time setup included), once with an
@@ -61,6 +93,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import inspect
 import json
 import math
 import os
@@ -78,6 +111,7 @@ from typing import Any, Callable
 
 import torch
 
+import adapters.timm as timm_adapters  # our engine under timm's names (timm itself is not imported)
 import functional_optim as fo
 from adapters import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, FunctionalOptimizer, NAdam, RAdam,
                       RMSprop, Rprop)
@@ -133,6 +167,82 @@ SPECS: dict[str, Spec] = {
 }
 
 
+TIMM = "timm"
+TIMM_FOREACH = "timm foreach"
+TIMM_VARIANTS = [TIMM, TIMM_FOREACH, "ours eager", "ours compiled"]
+# issue 11: compiled, on the full resnet50 set, <= 5 s cold compile and >= 3x faster than timm's class
+ISSUE11_COLD_S = 5.0
+ISSUE11_SPEEDUP = 3.0
+
+
+def _adafactor_bytes(shapes: list[list[int]]) -> float:
+    """12 B/element (read p, g; write p), plus 8 for the elements of the tensors Adafactor
+    keeps a full second moment for (timm's ``_get_options``: the others are factored into a
+    row and a column vector, whose traffic is negligible)."""
+    def factored(s: list[int]) -> bool:
+        return ((len(s) > 2 and s[0] > 16 and s[1] > 16)
+                or (len(s) >= 2 and s[-2] > 16 and s[-1] > 16))
+    numel = sum(math.prod(s) for s in shapes)
+    full = sum(math.prod(s) for s in shapes if not factored(s))
+    return round(12 + 8 * full / numel, 1)
+
+
+@dataclass
+class TimmSpec:
+    """One of timm's classes: ``adapters.timm.<cls>`` eager, ``fo.timm.<fn>`` compiled,
+    ``timm.optim.<cls>`` (optional dependency) as the reference."""
+    bytes_per_element: int | Callable[[list[list[int]]], float]
+    kwargs: dict[str, Any]
+    cls: str  # the class name, in adapters.timm and in timm.optim
+    fn: str  # fo.timm.<fn>
+    issue11: bool = False  # one of issue 11's six targets
+
+    def ours(self, params: list[torch.nn.Parameter], compile: bool = False) -> torch.optim.Optimizer:
+        if compile:
+            return FunctionalOptimizer(params, getattr(fo.timm, self.fn), compile=True, **self.kwargs)
+        return getattr(timm_adapters, self.cls)(params, **self.kwargs)
+
+
+# Adahessian is left out: its step needs Hessian-diagonal estimates (Hutchinson hvps from a
+# backward with create_graph=True), which a step timed on fixed gradients cannot give.
+TIMM_SPECS: dict[str, TimmSpec] = {
+    "timm_lamb": TimmSpec(32, dict(lr=1e-3, weight_decay=1e-2), "Lamb", "lamb", issue11=True),
+    "timm_lars": TimmSpec(20, dict(lr=1e-1, momentum=0.9, weight_decay=1e-4), "Lars", "lars", issue11=True),
+    "timm_nvnovograd": TimmSpec(20, dict(lr=1e-3, weight_decay=1e-2), "NvNovoGrad", "nvnovograd", issue11=True),
+    "timm_adabelief": TimmSpec(28, dict(lr=1e-3, weight_decay=1e-2), "AdaBelief", "adabelief", issue11=True),
+    "timm_rmsproptf": TimmSpec(28, dict(lr=1e-2, momentum=0.9), "RMSpropTF", "rmsprop_tf", issue11=True),
+    "timm_madgrad": TimmSpec(32, dict(lr=1e-2), "MADGRAD", "madgrad", issue11=True),
+    "timm_adamp": TimmSpec(28, dict(lr=1e-3, weight_decay=1e-2), "AdamP", "adamp"),
+    "timm_sgdp": TimmSpec(20, dict(lr=1e-2, momentum=0.9), "SGDP", "sgdp"),
+    "timm_adamwlegacy": TimmSpec(28, dict(lr=1e-3, weight_decay=1e-2), "AdamWLegacy", "adamw_legacy"),
+    "timm_nadamlegacy": TimmSpec(28, dict(lr=2e-3), "NAdamLegacy", "nadam_legacy"),
+    "timm_radamlegacy": TimmSpec(28, dict(lr=1e-3), "RAdamLegacy", "radam_legacy"),
+    "timm_adafactor": TimmSpec(_adafactor_bytes, {}, "Adafactor", "adafactor"),
+}
+
+
+def _spec(name: str) -> Spec | TimmSpec:
+    return TIMM_SPECS[name] if name in TIMM_SPECS else SPECS[name]
+
+
+def bytes_per_element(name: str, shapes: list[list[int]]) -> int | float:
+    b = _spec(name).bytes_per_element
+    return b(shapes) if callable(b) else b
+
+
+def _load_timm_reference() -> Any:
+    """``benchmarks/timm_reference.py`` (the only place timm is imported), by path: this
+    script also runs as a module loaded from its file (the smoke test)."""
+    import importlib.util
+    mod = sys.modules.get("bench_timm_reference")
+    if mod is None:
+        spec = importlib.util.spec_from_file_location("bench_timm_reference", HERE / "timm_reference.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
 # ---------------------------------------------------------------------------------
 # Building the variants
 
@@ -168,16 +278,50 @@ class Variant:
         return statistics.median(self.rounds_ms) if self.rounds_ms else None
 
 
-def _ours_mode(opt: torch.optim.Optimizer) -> str:
-    """Whether our compiled step runs on flat buffers (private attribute; best effort)."""
+def build_timm_variants(name: str, shapes: list[list[int]], skip: set[str]) -> list[Variant]:
+    spec = TIMM_SPECS[name]
+    out: list[Variant] = []
+    timm_optim, why = None, ""
+    if not {TIMM, TIMM_FOREACH} <= skip:
+        timm_optim, why = _load_timm_reference().timm_optim()
+    for label in TIMM_VARIANTS:
+        if label in skip:
+            continue
+        if label in (TIMM, TIMM_FOREACH):
+            if timm_optim is None:
+                out.append(Variant(label, None, note=f"unavailable: {why}"))
+                continue
+            cls = getattr(timm_optim, spec.cls)
+            has_foreach = "foreach" in inspect.signature(cls).parameters
+            if label == TIMM_FOREACH and not has_foreach:
+                out.append(Variant(label, None, note=f"timm {spec.cls} has no foreach implementation"))
+                continue
+            flags = dict(foreach=True) if label == TIMM_FOREACH else {}
+            opt = cls(make_params(shapes), **spec.kwargs, **flags)
+            note = "" if label == TIMM_FOREACH else ("foreach=None: for-loop on CPU" if has_foreach else "for-loop")
+            out.append(Variant(label, opt.step, note=note, keep=opt))
+        else:
+            compiled = label == "ours compiled"
+            opt = spec.ours(make_params(shapes), compile=compiled)
+            out.append(Variant(label, opt.step, compiled=compiled,
+                               note=_engine_note(opt) if compiled else "", keep=opt))
+    return out
+
+
+def _engine_note(opt: torch.optim.Optimizer) -> str:
+    """The engine of our compiled step: one graph on flat buffers, or on per-param leaves
+    (private attributes; best effort)."""
     try:
-        flat = [rt.flat is not None for rt in opt._groups]
+        kinds = {g.engine.kind for g in opt._groups}
     except AttributeError:
         return ""
-    return "flat buffers" if all(flat) else "per-param"
+    return {frozenset({"flat"}): "flat buffers", frozenset({"compiled"}): "per-param graph"}.get(
+        frozenset(kinds), "/".join(sorted(kinds)))
 
 
 def build_variants(name: str, shapes: list[list[int]], skip: set[str]) -> list[Variant]:
+    if name in TIMM_SPECS:
+        return build_timm_variants(name, shapes, skip)
     spec = SPECS[name]
     out: list[Variant] = []
 
@@ -223,7 +367,7 @@ def build_variants(name: str, shapes: list[list[int]], skip: set[str]) -> list[V
             compiled = label == "ours compiled"
             opt = spec.ours(params, compile=compiled)
             out.append(Variant(label, opt.step, compiled=compiled,
-                               note=_ours_mode(opt) if compiled else "", keep=opt))
+                               note=_engine_note(opt) if compiled else "", keep=opt))
         elif label == CLIP_REF:
             opt = torch.optim.Adam(params, lr=1e-3, fused=True)
             out.append(Variant(label, opt.step, keep=opt))
@@ -292,7 +436,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def measure(name: str, shapes: list[list[int]], rounds: int, iters: int, warmup: int,
             skip: set[str]) -> dict[str, Any]:
     """One table: every variant of one optimizer on one param set, timed round-robin."""
-    spec = SPECS[name]
+    spec_bytes = bytes_per_element(name, shapes)
     numel = sum(math.prod(s) for s in shapes)
     torch._dynamo.reset()
     variants = build_variants(name, shapes, skip) + [build_triad(numel)]
@@ -302,10 +446,10 @@ def measure(name: str, shapes: list[list[int]], rounds: int, iters: int, warmup:
     triad_gbps = gbps(TRIAD_BYTES, numel, by_label[TRIAD].median_ms)
     eager = by_label.get("ours eager")
     compiled = by_label.get("ours compiled")
-    result: dict[str, Any] = {"bytes_per_element": spec.bytes_per_element, "triad_gbps": triad_gbps,
+    result: dict[str, Any] = {"bytes_per_element": spec_bytes, "triad_gbps": triad_gbps,
                               "variants": {}}
     for v in variants:
-        bpe = TRIAD_BYTES if v.label == TRIAD else spec.bytes_per_element
+        bpe = TRIAD_BYTES if v.label == TRIAD else spec_bytes
         rate = gbps(bpe, numel, v.median_ms)
         result["variants"][v.label] = {
             "median_ms": v.median_ms,
@@ -358,12 +502,43 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def summarize(results: dict[str, Any]) -> dict[str, Any]:
+TIMM_SUMMARY_COLUMNS = [
+    ("compiled/timm", "ours compiled", TIMM),
+    ("eager/timm", "ours eager", TIMM),
+    ("compiled/timm-foreach", "ours compiled", TIMM_FOREACH),
+    ("eager/timm-foreach", "ours eager", TIMM_FOREACH),
+]
+
+
+def issue11_check(name: str, set_name: str, quick: bool, ms: dict[str, float | None],
+                  cold_s: float | None) -> dict[str, Any] | None:
+    """Issue 11's target for one of its six optimizers on the full resnet50 set (None for the
+    others, other sets and --quick): cold compile <= 5 s wall, and ours compiled at least 3x
+    faster than the faster of timm's variants."""
+    if not TIMM_SPECS[name].issue11 or set_name != "resnet50" or quick:
+        return None
+    timm_ms = [m for m in (ms.get(TIMM), ms.get(TIMM_FOREACH)) if m is not None]
+    speedup = ratio(min(timm_ms), ms.get("ours compiled")) if timm_ms else None
+    cold_ok = None if cold_s is None else cold_s <= ISSUE11_COLD_S
+    speed_ok = None if speedup is None else speedup >= ISSUE11_SPEEDUP
+    met = None if cold_ok is None or speed_ok is None else cold_ok and speed_ok
+    return {"speedup_over_best_timm": speedup, "cold_ok": cold_ok, "speed_ok": speed_ok, "met": met}
+
+
+def summarize(results: dict[str, Any], quick: bool = False) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for set_name, per_set in results.items():
         rows: dict[str, Any] = {}
+        timm_rows: dict[str, Any] = {}
         for name, result in per_set["optimizers"].items():
             ms = {label: r["median_ms"] for label, r in result["variants"].items()}
+            if name in TIMM_SPECS:
+                compiled = result["variants"].get("ours compiled", {})
+                row = {col: ratio(ms.get(a), ms.get(b)) for col, a, b in TIMM_SUMMARY_COLUMNS}
+                row["cold_s"], row["cold_cpu_s"] = compiled.get("cold_s"), compiled.get("cold_cpu_s")
+                row["issue11"] = issue11_check(name, set_name, quick, ms, row["cold_s"])
+                timm_rows[name] = row
+                continue
             rows[name] = {col: ratio(ms.get(a), ms.get(b)) for col, a, b in SUMMARY_COLUMNS}
         clip = per_set["optimizers"].get("clip")
         clip_ratio = None
@@ -371,19 +546,49 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             ms = {label: r["median_ms"] for label, r in clip["variants"].items()}
             clip_ratio = ratio(ms.get("ours compiled"), ms.get(CLIP_REF))
         summary[set_name] = {"ratios": rows, "clip_compiled_over_torch_fused_adam": clip_ratio}
+        if timm_rows:
+            summary[set_name]["timm"] = timm_rows
     return summary
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def _issue11_cell(check: dict[str, Any] | None, name: str, quick: bool) -> str:
+    if not TIMM_SPECS[name].issue11:
+        return ""
+    if check is None:
+        return "n/a (--quick)" if quick else "n/a (resnet50 only)"
+    if check["met"] is None:
+        return "n/a (a variant is missing)"
+    if check["met"]:
+        return "met"
+    why = ([] if check["cold_ok"] else [f"cold > {ISSUE11_COLD_S:g} s"]) + \
+          ([] if check["speed_ok"] else [f"speedup {check['speedup_over_best_timm']:.2f}x < {ISSUE11_SPEEDUP:g}x"])
+    return "MISSED: " + ", ".join(why)
+
+
+def print_summary(summary: dict[str, Any], quick: bool = False) -> None:
     print("\nSummary: time ratios from the same rounds (< 1: the first named is faster; "
           "eager/compiled = ours)")
     for set_name, s in summary.items():
-        width = max([10, len(set_name), *map(len, s["ratios"])])
-        print(f"\n  {set_name:<{width}}" + "".join(f"{col:>25}" for col, _, _ in SUMMARY_COLUMNS))
-        for name, row in s["ratios"].items():
-            print(f"  {name:<{width}}" + "".join(f"{_f(row[col], '.2f'):>25}" for col, _, _ in SUMMARY_COLUMNS))
-        print(f"  clip chain compiled / torch fused Adam (no clip): "
-              f"{_f(s['clip_compiled_over_torch_fused_adam'], '.2f')}")
+        if s["ratios"] or "timm" not in s:  # the torch choices' table
+            width = max([10, len(set_name), *map(len, s["ratios"])])
+            print(f"\n  {set_name:<{width}}" + "".join(f"{col:>25}" for col, _, _ in SUMMARY_COLUMNS))
+            for name, row in s["ratios"].items():
+                print(f"  {name:<{width}}" + "".join(f"{_f(row[col], '.2f'):>25}" for col, _, _ in SUMMARY_COLUMNS))
+            print(f"  clip chain compiled / torch fused Adam (no clip): "
+                  f"{_f(s['clip_compiled_over_torch_fused_adam'], '.2f')}")
+        if "timm" in s:
+            print_timm_summary(set_name, s["timm"], quick)
+
+
+def print_timm_summary(set_name: str, rows: dict[str, Any], quick: bool) -> None:
+    width = max([16, len(set_name), *map(len, rows)])
+    print(f"\n  {set_name:<{width}}" + "".join(f"{col:>22}" for col, _, _ in TIMM_SUMMARY_COLUMNS)
+          + f"{'cold s':>8}{'cpu s':>7}  issue 11 (<= {ISSUE11_COLD_S:g} s cold, >= {ISSUE11_SPEEDUP:g}x "
+            f"the faster timm)")
+    for name, row in rows.items():
+        print(f"  {name:<{width}}" + "".join(f"{_f(row[col], '.2f'):>22}" for col, _, _ in TIMM_SUMMARY_COLUMNS)
+              + f"{_f(row['cold_s'], '.2f'):>8}{_f(row['cold_cpu_s'], '.2f'):>7}  "
+              + _issue11_cell(row["issue11"], name, quick))
 
 
 def _git_commit() -> str | None:
@@ -422,7 +627,7 @@ def startup_child(set_name: str, name: str, quick: bool) -> None:
     """Run in a fresh process by :func:`measure_startup`: times the first step of our
     compiled optimizer (inductor's one-time setup included) and prints it as JSON."""
     params = make_params(param_sets([set_name], quick)[set_name])
-    opt = SPECS[name].ours(params, compile=True)
+    opt = _spec(name).ours(params, compile=True)
     start, cpu = time.perf_counter(), _cpu_seconds()
     opt.step()
     print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": _cpu_seconds() - cpu}))
@@ -457,7 +662,12 @@ def print_startup(startup: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few rounds and iterations (CI smoke)")
-    parser.add_argument("--optimizers", nargs="+", default=list(SPECS), choices=list(SPECS))
+    parser.add_argument("--optimizers", nargs="+", default=list(SPECS), choices=list(SPECS) + list(TIMM_SPECS),
+                        metavar="NAME",
+                        help="default: every torch choice (" + " ".join(SPECS) + "). timm's classes (not run "
+                             "by default; timm is an optional dependency): " + " ".join(TIMM_SPECS)
+                             + ". Adahessian has no choice: its step needs Hessian-vector products from a "
+                             "backward with create_graph=True, which a step on fixed gradients cannot give")
     parser.add_argument("--sets", nargs="+", default=["big", "resnet50"], choices=["big", "resnet50"])
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7; --quick 3)")
     parser.add_argument("--iters", type=int, default=None, help="steps per variant per round (default 10; --quick 3)")
@@ -476,9 +686,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch.set_num_threads(args.threads)
         startup_child(*args.startup_child, quick=args.quick)
         return {}
-    unknown = set(args.skip) - set(VARIANTS) - {CLIP_REF}
+    known = VARIANTS + [CLIP_REF, TIMM, TIMM_FOREACH]
+    unknown = set(args.skip) - set(known)
     if unknown:
-        parser.error(f"unknown --skip label(s) {sorted(unknown)}; known: {VARIANTS + [CLIP_REF]}")
+        parser.error(f"unknown --skip label(s) {sorted(unknown)}; known: {known}")
     rounds = args.rounds or (3 if args.quick else 7)
     iters = args.iters or (3 if args.quick else 10)
 
@@ -502,8 +713,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 result = measure(name, shapes, rounds, iters, args.warmup, set(args.skip))
                 per_set["optimizers"][name] = result
                 print_table(set_name, name, result)
-    summary = summarize(results)
-    print_summary(summary)
+    summary = summarize(results, quick=args.quick)
+    print_summary(summary, quick=args.quick)
     startup: dict[str, Any] = {}
     if args.startup:
         for set_name in sets:
@@ -517,6 +728,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "commit": _git_commit(), "argv": sys.argv[1:] if argv is None else list(argv), "quick": args.quick, "rounds": rounds, "iters": iters,
         "warmup": args.warmup, "skip": args.skip, "results": results, "summary": summary, "startup": startup,
     }
+    if any(name in TIMM_SPECS for name in args.optimizers):
+        report["timm_version"] = _load_timm_reference().timm_version()
     if args.json is not None:
         args.json.write_text(json.dumps(_finite_or_null(report), indent=2))
         print(f"\nwrote {args.json}")
