@@ -195,9 +195,10 @@ class FlatEngine:
 
     def load(self, tx: fo.GradientTransformation, params: list[torch.Tensor], entries: list[Entry]) -> Any:
         """The flat state from per-param entries; None if the flat form cannot hold them
-        (e.g. params with different step counts)."""
+        (e.g. params with different step counts). Per-param scalar state (``(nblocks, 1)``,
+        see ``flat.init``) takes each param's value on all of its blocks."""
         leaf_state = state_io.rebuild(tx.init(list(params)), len(params), entries, fit)
-        template = tx.init(self.leaves(params))
+        template = flat.init(tx, self.leaves(params), self.layout.segments)
         bucket_entries, consistent = self.layout.flat_entries(
             state_io.per_param(leaf_state, len(params)), template)
         if not consistent:

@@ -11,6 +11,11 @@ zero-padded up to the next one, so that per-param reductions (:attr:`Needs.PER_P
 ``(nblocks, B)`` (see :mod:`functional_optim.segments`). The padding is zero in the
 params and grads, masked out of every reduction, and written as zero in the updates and
 the state at every step.
+
+State holding one scalar per param (made with :func:`kernels.param_scalars
+<functional_optim.kernels.param_scalars>`, e.g. NovoGrad's second moment) lives on the
+buffers as one ``(nblocks, 1)`` tensor per bucket, every block of a param holding that
+param's value (:func:`init`); ``state_dict`` shows each param's value as a 0-d tensor.
 """
 
 from __future__ import annotations
@@ -34,6 +39,33 @@ def serves(tx: fo.GradientTransformation, layout: FlatLayout | None = None) -> b
     serves at most global reductions."""
     most = fo.Needs.GLOBAL if layout is not None and not layout.segmented else fo.Needs.PER_PARAM
     return fo.needs(tx) <= most
+
+
+def init(tx: fo.GradientTransformation, buffers: list[torch.Tensor], segments: Any) -> Any:
+    """``tx.init`` on a layout's flat buffers (one per bucket); ``segments`` is the layout's
+    :attr:`FlatLayout.segments`.
+
+    The segmentation is active during ``init`` (the transform sees the 1-D buffers as
+    always), so per-param scalar state made with :func:`kernels.param_scalars
+    <functional_optim.kernels.param_scalars>` comes out as one ``(nblocks, 1)`` tensor per
+    bucket (one value per block, see :func:`is_param_scalars`); other state is as
+    ``tx.init(buffers)`` makes it (bucket-sized 1-D tensors, shared 0-d scalars).
+    """
+    if all(s is None for s in segments):
+        return tx.init(buffers)
+    view = _block_view(buffers, segments)
+    previous = seg.activate([(view(b), s) for b, s in zip(buffers, segments)])
+    try:
+        return tx.init(buffers)
+    finally:
+        seg.restore(previous)
+
+
+def is_param_scalars(value: torch.Tensor, bucket: Bucket) -> bool:
+    """Whether a state tensor of ``bucket`` holds one scalar per param, as ``(nblocks, 1)``
+    (the flat form of per-param 0-d state, see :func:`init`). Bucket-sized state is 1-D
+    and shared scalars 0-d, so the shape tells them apart whatever the block size."""
+    return bucket.segments is not None and value.dim() == 2 and tuple(value.shape) == (bucket.nblocks, 1)
 
 
 def update(tx: fo.GradientTransformation, grads: list[torch.Tensor], state: Any,
@@ -136,6 +168,11 @@ class Bucket:
                 p.data = view
         self.grad_views = self.views(self.grads)
         self.segments = seg.Segments.build(self.numels, block, first.device) if segmented else None
+        self.block = block
+        self.nblocks = total // block
+        # each param's first block (None for an empty param: it has none); no block is
+        # padding only, so every block belongs to one param
+        self.first_blocks = [o // block if n else None for o, n in zip(self.offsets, self.numels)]
 
     @property
     def numel(self) -> int:
@@ -150,6 +187,21 @@ class Bucket:
         out = torch.zeros(self.numel, dtype=like.dtype, device=like.device)
         for view, v in zip(self.views(out), values):
             view.copy_(v.reshape(view.shape))
+        return out
+
+    def scalar(self, value: torch.Tensor, j: int) -> torch.Tensor:
+        """Param ``j``'s 0-d scalar from per-param scalar state ``(nblocks, 1)`` (see
+        :func:`is_param_scalars`): the value of its first block (a view), 0 for an empty param."""
+        b = self.first_blocks[j]
+        return value[b, 0] if b is not None else value.new_zeros(())
+
+    def spread(self, values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """Per-param 0-d ``values`` as per-param scalar state shaped, typed and placed like
+        ``like`` (``(nblocks, 1)``): every block of a param holds its value."""
+        out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        for j, (b, n) in enumerate(zip(self.first_blocks, self.numels)):
+            if b is not None:
+                out[b:b + -(-n // self.block)] = values[j].reshape(()).to(like.device, like.dtype)
         return out
 
 
@@ -232,7 +284,8 @@ class FlatLayout:
     # -- state conversion between the flat form and the per-param form --------------
 
     def leaf_entries(self, flat_state: Any) -> list[dict[str, torch.Tensor]]:
-        """Per-param named state: param-sized views of the flat state, shared scalars."""
+        """Per-param named state: param-sized views of the flat state, each param's 0-d
+        value of per-param scalar state (its first block's, a view), shared scalars."""
         bucket_entries = state_io.per_param(flat_state, len(self.buckets))
         out = []
         for i in range(self.num_params):
@@ -242,6 +295,8 @@ class FlatLayout:
             for name, value in bucket_entries[b].items():
                 if value.dim() == 1 and value.numel() == bucket.numel and bucket.numel > 1:
                     entry[name] = bucket.views(value)[j]
+                elif is_param_scalars(value, bucket):
+                    entry[name] = bucket.scalar(value, j)
                 else:
                     entry[name] = value
             out.append(entry)
@@ -249,7 +304,9 @@ class FlatLayout:
 
     def flat_entries(self, entries: list[dict[str, torch.Tensor]], flat_template: Any
                      ) -> tuple[list[dict[str, torch.Tensor]], bool]:
-        """Per-bucket named state from per-param entries, and whether per-param scalars agreed."""
+        """Per-bucket named state from per-param entries, and whether the flat form holds
+        them: scalars shared by a bucket must agree between its params, and per-param scalar
+        state (spread over each param's blocks) must be 0 for an empty param (it has no block)."""
         template = state_io.per_param(flat_template, len(self.buckets))
         out, consistent = [], True
         for b, bucket in enumerate(self.buckets):
@@ -260,6 +317,13 @@ class FlatLayout:
                     continue
                 if like.dim() == 1 and like.numel() == bucket.numel and bucket.numel > 1:
                     entry[name] = bucket.pack(values, like)
+                elif is_param_scalars(like, bucket):
+                    values = [torch.as_tensor(v).reshape(-1) for v in values]
+                    held = all(v.numel() == 1 for v in values) and not any(
+                        bool(v.ne(0).any()) for v, first in zip(values, bucket.first_blocks) if first is None)
+                    consistent &= held
+                    if held:
+                        entry[name] = bucket.spread(values, like)
                 else:
                     first = values[0]
                     consistent &= all(torch.equal(first, v) for v in values[1:])

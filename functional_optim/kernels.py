@@ -50,6 +50,7 @@ __all__ = [
     "norms", "global_norm", "vdot", "all_finite", "count_nonfinite", "leafwise", "norm_dtype",
     "masked_fill", "mul_real", "means", "unit_norms", "rms", "writes_in_place",
     "scaled_div", "div_root", "mul_root", "power", "donations_into",
+    "param_scalars",
 ]
 
 _FOREACH_POLICY: bool | None = None  # None: automatic (see use_foreach)
@@ -1176,3 +1177,48 @@ def _widest(xs: Sequence[Tensor]) -> torch.dtype:
     for x in xs[1:]:
         dtype = torch.promote_types(dtype, x.dtype)
     return dtype if dtype.is_floating_point else torch.get_default_dtype()
+
+
+# ---------------------------------------------------------------------------------
+# Per-param scalar state
+
+
+def param_scalars(params: Sequence[Tensor], value: Number = 0.0,
+                  dtype: torch.dtype | Sequence[torch.dtype | None] | None = None) -> TensorList:
+    """New state holding one scalar per param, each ``value``: a 0-d tensor per tensor of
+    ``params`` (on its device; ``dtype``: one for all, one per tensor, or None for the
+    tensor's own).
+
+    Make per-param scalar state with this (in ``init``) rather than ``torch.zeros(())``, and a
+    :attr:`~functional_optim.Needs.PER_PARAM` transform keeps one value per param on the
+    adapter's flat buffers too: for a segmented flat buffer (while its segmentation is
+    active, as the flat engine arranges around ``init``, see
+    :mod:`functional_optim.segments`), the result is a ``(nblocks, 1)`` tensor, one value
+    per block, the blocks of a param holding that param's value. It then combines with the
+    per-segment results of :func:`norms` and friends, :func:`leafwise` and elementwise torch
+    ops exactly as the 0-d scalars do with per-tensor ones (e.g. NovoGrad's
+    ``b2 * nu + (1 - b2) * norm**2``), and the update's math stays the same. The adapter
+    shows each param's value (its first block's) in ``state_dict()`` and spreads a loaded
+    per-param value over the param's blocks. An empty param has no block: its value reads
+    as 0, and a nonzero one (loaded, or a nonzero ``value``) makes the adapter run the group
+    on per-param leaves.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> from functional_optim import segments as seg
+      >>> fo.kernels.param_scalars([torch.zeros(3), torch.zeros(2, 2)], 1.0, torch.float64)
+      [tensor(1., dtype=torch.float64), tensor(1., dtype=torch.float64)]
+      >>> buffer = torch.zeros(8)  # params of 3 and 4 elements, in blocks of 2 (padded)
+      >>> previous = seg.activate([(buffer.view(4, 2), seg.Segments.build([3, 4], block=2))])
+      >>> fo.kernels.param_scalars([buffer], 0.5)[0].flatten()  # one value per block
+      tensor([0.5000, 0.5000, 0.5000, 0.5000])
+      >>> seg.restore(previous)
+    """
+    params = list(params)
+    segs = _seg.lookup_buffers(params) or [None] * len(params)
+    dtypes = list(dtype) if isinstance(dtype, (list, tuple)) else [dtype] * len(params)
+    out = []
+    for p, s, d in zip(params, segs, dtypes):
+        shape = () if s is None else (s.block_segment.shape[0], 1)
+        out.append(torch.full(shape, value, dtype=d or p.dtype, device=p.device))
+    return out

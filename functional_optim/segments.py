@@ -35,8 +35,8 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["Segments", "block_size", "activate", "restore", "lookup", "sums", "broadcast",
-           "unpadded", "valid_mask"]
+__all__ = ["Segments", "block_size", "activate", "restore", "lookup", "lookup_buffers", "sums",
+           "broadcast", "unpadded", "valid_mask"]
 
 MAX_BLOCK = 64  # largest block size: 1.6% of index traffic per float32 element at most
 MAX_WASTE = 1 / 8  # padding allowed, as a fraction of the elements
@@ -161,6 +161,38 @@ def lookup(xs: Sequence[Any]) -> list[Segments | None] | None:
         out.append(matches[0][3] if matches else None)
         found |= bool(matches)
     return out if found else None
+
+
+def lookup_buffers(xs: Sequence[Any]) -> list[Segments | None] | None:
+    """:func:`lookup` that also recognises a buffer given flat, as ``init`` sees it.
+
+    ``update`` sees each buffer as its ``(nblocks, B)`` view, ``init`` as the 1-D buffer
+    itself: a 1-D tensor with the number of elements of an active buffer (and, between
+    buffers of one size, its device and dtype) counts as that buffer. For the kernels that
+    make state (:func:`functional_optim.kernels.param_scalars`), not for reductions.
+
+    Example:
+      >>> import torch
+      >>> from functional_optim import segments as seg
+      >>> s = seg.Segments.build([3, 4], block=2)
+      >>> previous = seg.activate([(torch.zeros(4, 2), s)])
+      >>> seg.lookup_buffers([torch.zeros(8)]) == [s], seg.lookup([torch.zeros(8)])
+      (True, None)
+      >>> seg.restore(previous)
+    """
+    active = _ACTIVE
+    if not active:
+        return None
+
+    def as_view(x: Any) -> Any:
+        if not isinstance(x, Tensor) or x.dim() != 1:
+            return x
+        matches = [a for a in active if a[0][0] * a[0][1] == x.numel()]
+        if len(matches) > 1:
+            matches = [a for a in matches if a[1] == x.dtype and a[2] == x.device]
+        return x.view(matches[0][0]) if len({a[0] for a in matches}) == 1 else x
+
+    return lookup([as_view(x) for x in xs])
 
 
 # ---------------------------------------------------------------------------------

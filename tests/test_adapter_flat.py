@@ -6,10 +6,19 @@
   views of the flat buffers what it gives on the separate leaves (eagerly, every entry),
   and every ``PER_PARAM`` one does so through ``FunctionalOptimizer(..., compile=True)``
   (inductor) against the per-param engine;
-* ``fo.lamb`` and a per-param clipping chain compile to one graph of the same size for 3
-  and 150 tensors, with no graph break and no recompilation when the lr changes;
+* ``fo.lamb``, a per-param clipping chain and NovoGrad (MONAI's, timm's) compile to one
+  graph of the same size for 3 and 150 tensors, with no graph break and no recompilation
+  when the lr changes;
 * the padding is zero in params, grads and state after every step, and masked out of
   the reductions (poisoned padding changes nothing);
+* per-param scalar state (``kernels.param_scalars``: NovoGrad's second moment) is one
+  ``(nblocks, 1)`` tensor per buffer that ``state_dict`` shows and loads per param; MONAI's
+  ``fo.novograd`` and timm's ``fo.timm.nvnovograd`` (amsgrad, grad averaging, coupled and
+  decoupled decay) run flat, equal the eager run over 10 float64 steps (1e-12) through the
+  handover to per-param leaves at a step where a param has no gradient, with the same
+  ``state_dict`` (keys, shapes, dtypes, values); an eager state_dict loads into the flat
+  engine exactly and continues identically; and they compile to one graph of the same size
+  for 3 and 150 tensors;
 * ``LEAVES`` and ``MATRIX`` transforms still get per-param leaves.
 
 Tolerances (float64 params unless stated): segmented sums add in another order than the
@@ -172,7 +181,7 @@ def test_served_transform_on_padded_flat_views_equals_leaves(entry: Entry, sampl
     layout = flat.FlatLayout(params)
     assert layout.block == 4 and layout.segments[0].block_valid is not None
     buffers = [b.params for b in layout.buckets]
-    leaf_state, flat_state = tx.init(leaves), tx.init(buffers)
+    leaf_state, flat_state = tx.init(leaves), flat.init(tx, buffers, layout.segments)
     for g in _grads(3):
         for p, gi in zip(params, g):
             p.grad = gi.clone()
@@ -366,7 +375,12 @@ def _many(n):
     return [(3 + i % 4, 2) if i % 3 else (5 + i % 7,) for i in range(n)]
 
 
-@pytest.mark.parametrize("factory", [fo.lamb, _clip_adam], ids=["lamb", "clip_by_block_rms-adam"])
+def _nvnovograd_variant(lr=1e-2):
+    return fo.timm.nvnovograd(lr, weight_decay=0.01, amsgrad=True, grad_averaging=True)
+
+
+@pytest.mark.parametrize("factory", [fo.lamb, _clip_adam, fo.novograd, _nvnovograd_variant],
+                         ids=["lamb", "clip_by_block_rms-adam", "novograd", "nvnovograd-amsgrad-averaging-wd"])
 def test_reducing_chain_compiles_to_one_graph_of_the_same_size_for_3_and_150_params(factory):
     seen = {}
     for n in (3, 150):
@@ -388,6 +402,156 @@ def test_reducing_chain_compiles_to_one_graph_of_the_same_size_for_3_and_150_par
             want, _ = _run(factory, False, steps=5, shapes=_many(n), after_step=change_lr, lr=1e-2)
             assert _max_rel(got, want) <= TOL
     assert seen[3] == seen[150]
+
+
+# ---------------------------------------------------------------------------------
+# Per-param scalar state (NovoGrad's second moment) on the flat buffers
+
+
+def test_param_scalars_take_one_value_per_block_and_convert_to_and_from_per_param_entries():
+    # kernels.param_scalars under flat.init: (nblocks, 1) per bucket; leaf_entries shows each
+    # param's first block as a 0-d tensor, flat_entries spreads a per-param value over its blocks
+    tx = fo.scale_by_novograd(amsgrad=True)
+    params = _params()
+    layout = flat.FlatLayout(params)
+    bucket = layout.buckets[0]
+    buffers = [b.params for b in layout.buckets]
+    state = flat.init(tx, buffers, layout.segments)
+    assert state.nu[0].shape == state.nu_max[0].shape == (bucket.nblocks, 1) == (26, 1)  # 10 + 4 + 9 + 1 + 2 blocks of 4
+    assert state.count[0].shape == ()  # one counter per bucket: its params step together
+    assert tx.init(buffers).nu[0].shape == ()  # without the segmentation: one scalar per buffer
+    assert k.param_scalars([p.detach() for p in params], 2.0)[1].shape == ()  # plain leaves: 0-d
+    values = [torch.tensor(float(j + 1), dtype=torch.float64) for j in range(len(params))]
+    entries = [{"ScaleByNovogradState.nu": v, "ScaleByNovogradState.nu_max": 2 * v,
+                "ScaleByNovogradState.count": torch.tensor(3, dtype=torch.int32)} for v in values]
+    flat_entries, consistent = layout.flat_entries(entries, state)
+    assert consistent
+    nu = flat_entries[0]["ScaleByNovogradState.nu"]
+    blocks = seg.Segments.build(bucket.numels, layout.block).block_segment
+    assert torch.equal(nu, (blocks + 1).to(torch.float64).unsqueeze(1))  # every block: its param's value
+    loaded = optree.tree_map(lambda t: t, state)._replace(
+        nu=[nu], nu_max=[flat_entries[0]["ScaleByNovogradState.nu_max"]])
+    got = layout.leaf_entries(loaded)
+    assert [float(e["ScaleByNovogradState.nu"]) for e in got] == [float(v) for v in values]
+    assert all(e["ScaleByNovogradState.nu"].shape == () for e in got)
+    assert [float(e["ScaleByNovogradState.nu_max"]) for e in got] == [2 * float(v) for v in values]
+    # params with different counts: the flat form cannot hold them (hand over to leaves)
+    entries[2]["ScaleByNovogradState.count"] = torch.tensor(2, dtype=torch.int32)
+    assert not layout.flat_entries(entries, state)[1]
+    layout.remove_hooks()
+
+    # block size 1: per-param (nblocks, 1) and bucket-sized (nblocks,) state stay apart
+    tiny = [torch.nn.Parameter(torch.ones(s, dtype=torch.float64)) for s in [(), (1,), (2,)]]
+    layout = flat.FlatLayout(tiny)
+    assert layout.block == 1
+    state = flat.init(fo.novograd(), [b.params for b in layout.buckets], layout.segments)
+    named = layout.leaf_entries(state)
+    assert [e["ScaleByNovogradState.nu"].shape for e in named] == [()] * 3
+    assert [e["TraceState.trace"].shape for e in named] == [(), (1,), (2,)]
+    layout.remove_hooks()
+
+    # an empty param has no block: its value reads 0, a nonzero one is not held flat
+    empty = [torch.nn.Parameter(torch.ones(s, dtype=torch.float64)) for s in [(3,), (0,), (5,)]]
+    layout = flat.FlatLayout(empty)
+    state = flat.init(tx, [b.params for b in layout.buckets], layout.segments)
+    named = layout.leaf_entries(state)
+    assert float(named[1]["ScaleByNovogradState.nu"]) == 0.0
+    entries = [{"ScaleByNovogradState.nu": torch.tensor(v, dtype=torch.float64)} for v in (1.0, 0.0, 3.0)]
+    assert layout.flat_entries(entries, state)[1]
+    entries[1]["ScaleByNovogradState.nu"] = torch.tensor(5.0, dtype=torch.float64)
+    assert not layout.flat_entries(entries, state)[1]
+    layout.remove_hooks()
+
+
+NOVOGRAD_CASES = [
+    pytest.param(fo.novograd, {}, id="monai-default"),
+    pytest.param(fo.novograd, dict(betas=(0.8, 0.9), weight_decay=0.01, grad_averaging=True, amsgrad=True),
+                 id="monai-amsgrad-averaging-wd"),
+    pytest.param(fo.timm.nvnovograd, {}, id="timm-default"),
+    pytest.param(fo.timm.nvnovograd, dict(betas=(0.8, 0.9), weight_decay=0.01, grad_averaging=True,
+                                          amsgrad=True), id="timm-amsgrad-averaging-coupled-wd"),
+    pytest.param(fo.timm.nvnovograd, dict(weight_decay=0.05, amsgrad=True, decoupled_decay=True,
+                                          corrected_weight_decay=True), id="timm-decoupled-corrected-wd"),
+]
+NOVOGRAD_TOL = 1e-12  # 10 float64 steps (measured <= 2e-16)
+
+
+def _saved(opt):
+    """A copy of ``opt.state_dict()['state']`` (the live one holds views of the state)."""
+    return {i: {n: v.clone() for n, v in e.items()} for i, e in opt.state_dict()["state"].items()}
+
+
+def _assert_same_state(got, want, tol=NOVOGRAD_TOL):
+    assert got.keys() == want.keys()
+    for i in want:
+        assert got[i].keys() == want[i].keys(), i
+        for name, w in want[i].items():
+            g = got[i][name]
+            assert g.shape == w.shape and g.dtype == w.dtype, (i, name, g.shape, w.shape)
+            assert _rel(g, w) <= tol, (i, name)
+
+
+def _novograd_run(factory, hp, compile, steps=10, no_grad_at=5, params=None, opt=None, seed=1):
+    """``steps`` steps; param 0's first gradient is zero (NovoGrad's v stays 0 then takes the
+    next squared norm whole), param 1 has none at step ``no_grad_at`` (the flat engine hands
+    over to per-param leaves). Returns the params, the optimizer, the engine kind after each
+    step and the state saved after each step."""
+    if params is None:
+        params = _params()
+        opt = adapters.FunctionalOptimizer(params, factory, compile=compile, lr=0.05, **hp)
+    kinds, saved = [], []
+    for i, g in enumerate(_grads(steps, seed=seed)):
+        for j, (p, gi) in enumerate(zip(params, g)):
+            p.grad = torch.zeros_like(gi) if i == 0 and j == 0 else gi.clone()
+        if i == no_grad_at:
+            params[1].grad = None
+        opt.step()
+        kinds.append(opt._groups[0].engine.kind)
+        saved.append(_saved(opt))
+    return [p.detach().clone() for p in params], opt, kinds, saved
+
+
+@pytest.mark.parametrize("factory,hp", NOVOGRAD_CASES)
+def test_novograd_runs_flat_and_equals_the_eager_run_through_the_handover(factory, hp):
+    torch._dynamo.reset()
+    counters.clear()
+    got, opt, kinds, got_saved = _novograd_run(factory, hp, compile=True)
+    assert kinds == ["flat"] * 5 + ["compiled"] * 5  # handed over at the step without param 1's grad
+    assert not counters["graph_break"]
+    want, ref, ref_kinds, want_saved = _novograd_run(factory, hp, compile=False)
+    assert ref_kinds == ["eager"] * 10
+    assert _max_rel(got, want) <= NOVOGRAD_TOL
+    for step in (0, 4, 5, 9):  # flat (first step, last flat step), just handed over, last
+        _assert_same_state(got_saved[step], want_saved[step])
+    assert int(ref.state_dict()["state"][1]["ScaleByNovogradState.count"]) == 9  # it skipped a step
+
+
+@pytest.mark.parametrize("factory,hp", [NOVOGRAD_CASES[1], NOVOGRAD_CASES[4]])
+def test_eager_novograd_state_dict_loads_into_the_flat_engine_and_continues_identically(factory, hp):
+    # 3 eager steps, then the state_dict into a fresh compile=True optimizer: it stays flat
+    # (every param stepped 3 times), shows the loaded state exactly, and 4 more steps equal
+    # the eager run's; an eager state where params have different counts hands over
+    for no_grad_at, kind in ((None, "flat"), (1, "compiled")):
+        torch._dynamo.reset()
+        _, ref, _, _ = _novograd_run(factory, hp, compile=False, steps=3, no_grad_at=no_grad_at)
+        loaded = _saved(ref)
+        params = [p.detach().clone().requires_grad_() for p in ref.param_groups[0]["params"]]
+        opt = adapters.FunctionalOptimizer(params, factory, compile=True, lr=0.05, **hp)
+        assert opt._groups[0].engine.kind == "flat"
+        opt.load_state_dict(ref.state_dict())
+        assert opt._groups[0].engine.kind == kind
+        _assert_same_state(_saved(opt), loaded, tol=0.0)
+        if kind == "flat":
+            nu = opt._groups[0].state[0].nu[0]  # chain: scale_by_novograd's state first
+            assert nu.shape == (opt._groups[0].engine.layout.buckets[0].nblocks, 1)
+        got, _, kinds, got_saved = _novograd_run(factory, hp, True, steps=4, no_grad_at=None,
+                                                 params=params, opt=opt, seed=7)
+        assert kinds == [kind] * 4
+        ref_params = ref.param_groups[0]["params"]
+        want, _, _, want_saved = _novograd_run(factory, hp, False, steps=4, no_grad_at=None,
+                                               params=ref_params, opt=ref, seed=7)
+        assert _max_rel(got, want) <= NOVOGRAD_TOL
+        _assert_same_state(got_saved[-1], want_saved[-1])
 
 
 # ---------------------------------------------------------------------------------

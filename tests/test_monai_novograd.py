@@ -168,7 +168,7 @@ def test_functional_equals_class(kwargs, float64_default):
         ps = fo.apply_updates(ps, u)
         ours.append(list(ps))
     assert max_rel_diff(ours, ref) <= TOL
-    assert fo.needs(tx) == fo.Needs.LEAVES  # one scalar of state per param: no flat buffers
+    assert fo.needs(tx) == fo.Needs.PER_PARAM  # per-param norms and scalar state: flat, segmented
 
 
 def test_scale_by_novograd_values():
@@ -191,8 +191,8 @@ def test_scale_by_novograd_values():
 
 
 def test_compiled_step_equals_eager(float64_default):
-    """compile=True runs (on per-param leaves: the transform declares Needs.LEAVES, its
-    per-param scalar state does not fit the flat buffers) and equals the eager steps."""
+    """compile=True runs (on the flat buffers: per-param norms segmented, the per-param
+    scalar state one value per block) and equals the eager steps."""
     grads = _grads(4)
     runs = []
     for compile_step in (False, True):

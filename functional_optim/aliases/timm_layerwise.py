@@ -266,7 +266,8 @@ def nvnovograd(lr: Number = 1e-3, betas: tuple[Any, Any] = (0.95, 0.98), eps: Nu
     :func:`functional_optim.monai.novograd` (MONAI's Novograd, whose math this is) plus
     timm's decoupled and corrected decay and timm's default betas. No bias correction.
     The per-param second moment has the param's dtype, at least float32 (timm keeps it in
-    torch's default dtype). Declares ``Needs.LEAVES`` (one scalar of state per param).
+    torch's default dtype). Declares ``Needs.PER_PARAM`` (per-param norms, and one scalar
+    of state per param: :func:`functional_optim.kernels.param_scalars`).
 
     Args:
       lr: learning rate :math:`\eta` >= 0, a number or 0-d tensor. Default 1e-3.

@@ -55,9 +55,14 @@ def scale_by_novograd(b2: float | torch.Tensor = 0.98, eps: float | torch.Tensor
     The momentum, weight decay and learning rate of NovoGrad are separate transforms
     (see :func:`functional_optim.novograd`).
 
-    Declares ``Needs.LEAVES``: the per-param reduction is segmentable, but the state holds
-    one scalar per param, which the adapter's flat buffers (one state tensor per bucket)
-    cannot hold, so the adapter gives it one leaf per param.
+    Declares ``Needs.PER_PARAM``: the squared norms are per-param reductions
+    (:func:`kernels.norms <functional_optim.kernels.norms>`), and :math:`v` (and
+    :math:`\hat v`) are made with :func:`kernels.param_scalars
+    <functional_optim.kernels.param_scalars>`, so on the adapter's flat buffers they hold
+    one value per param (a ``(nblocks, 1)`` tensor per buffer) and the compiled step is one
+    graph whatever the number of params. The step counter is one per leaf; on a flat
+    buffer, one for all its params (they step together: a step where only some params
+    have gradients hands the group over to per-param leaves first).
 
     Args:
       b2: decay :math:`\beta_2` of the second moment, in [0, 1). Default 0.98 (MONAI's).
@@ -83,12 +88,16 @@ def scale_by_novograd(b2: float | torch.Tensor = 0.98, eps: float | torch.Tensor
         raise TypeError(f"amsgrad must be a bool, got {type(amsgrad).__name__}")
 
     def init_fn(params):
-        def zero(p):
-            return None if p is None else torch.zeros((), dtype=_nu_dtype(p, nu_dtype), device=p.device)
+        leaves, spec = optree.tree_flatten(params, none_is_leaf=True)
+        present = [p for p in leaves if p is not None]
 
-        nu = optree.tree_map(zero, params, none_is_leaf=True)
-        nu_max = optree.tree_map(zero, params, none_is_leaf=True) if amsgrad else None
-        return ScaleByNovogradState(count=steps.leaf_counts(params), nu=nu, nu_max=nu_max)
+        def zeros():
+            # one scalar per param, also on flat buffers (one per param there, not per buffer)
+            made = iter(k.param_scalars(present, 0.0, [_nu_dtype(p, nu_dtype) for p in present]))
+            return optree.tree_unflatten(spec, [None if p is None else next(made) for p in leaves])
+
+        return ScaleByNovogradState(count=steps.leaf_counts(params), nu=zeros(),
+                                    nu_max=zeros() if amsgrad else None)
 
     def moments(v, n, *v_max):
         # v, n (and v_max): one entry per leaf, computed once for all leaves
@@ -123,4 +132,4 @@ def scale_by_novograd(b2: float | torch.Tensor = 0.98, eps: float | torch.Tensor
             nu_max=sel.rebuild(new_max, "nu_max") if amsgrad else None)
         return sel.rebuild(u), new_state
 
-    return declare(GradientTransformation(init_fn, update_fn), Needs.LEAVES)
+    return declare(GradientTransformation(init_fn, update_fn), Needs.PER_PARAM)

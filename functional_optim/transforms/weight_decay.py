@@ -95,9 +95,21 @@ def add_decoupled_weight_decay(weight_decay: float | torch.Tensor, learning_rate
         # p * (1 - r) - p is exact (Sterbenz), so applying the update rounds p * (1 - r) as
         # torch's and timm's p.mul_(1 - r) do: -r * p would drift from them by the rounding
         # of 1 - r in the param's dtype, compounded every step (1.4e-6 after 50 float32 steps)
-        keep = 1 - decoupled_decay_rate(weight_decay, learning_rate, max_learning_rate)
-        ps = sel["params"]
-        decay = k.sub(k.mul(ps, keep), ps, donate=True)
-        return sel.rebuild(k.add(sel.updates, decay, donate=donate)), state
+        # (bfloat16/float16 params keep -r * p: rounded there, p * (1 - r) - p is mostly 0)
+        rate = decoupled_decay_rate(weight_decay, learning_rate, max_learning_rate)
+        ps, us = sel["params"], sel.updates
+        exact = [i for i, p in enumerate(ps) if p.dtype not in (torch.bfloat16, torch.float16)]
+        reduced = [i for i in range(len(ps)) if i not in set(exact)]
+        out = list(us)
+        if exact:
+            kept = [ps[i] for i in exact]
+            decay = k.sub(k.mul(kept, 1 - rate), kept, donate=True)
+            for i, u in zip(exact, k.add([us[i] for i in exact], decay, donate=donate)):
+                out[i] = u
+        if reduced:
+            for i, u in zip(reduced, k.add([us[i] for i in reduced], [ps[i] for i in reduced], -rate,
+                                           donate=donate)):
+                out[i] = u
+        return sel.rebuild(out), state
 
     return mark_elementwise(GradientTransformation(init_empty_state, update_fn))
