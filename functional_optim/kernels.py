@@ -138,7 +138,9 @@ def _donated(xs: Sequence[Tensor]) -> Sequence[Tensor]:
 def use_foreach(tensors: Sequence[Tensor]) -> bool:
     """Whether kernels over ``tensors`` take the multi-tensor path.
 
-    Automatic rule: yes on accelerators, no on CPU and inside ``torch.func`` transforms.
+    Automatic rule: yes on accelerators, no on CPU and inside ``torch.func`` transforms
+    (on the CPU, in-place ops over several tensors still run as one ``torch._foreach_*_``
+    call eagerly: the same per-tensor kernels, without a Python loop).
     """
     if not tensors or _FOREACH_POLICY is False or _in_functorch_transform():
         return False
