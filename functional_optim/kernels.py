@@ -139,7 +139,9 @@ def _donated(xs: Sequence[Tensor]) -> Sequence[Tensor]:
 def use_foreach(tensors: Sequence[Tensor]) -> bool:
     """Whether kernels over ``tensors`` take the multi-tensor path.
 
-    Automatic rule: yes on accelerators, no on CPU and inside ``torch.func`` transforms.
+    Automatic rule: yes on accelerators, no on CPU and inside ``torch.func`` transforms
+    (on the CPU, in-place ops over several tensors still run as one ``torch._foreach_*_``
+    call eagerly: the same per-tensor kernels, without a Python loop).
     """
     if not tensors or _FOREACH_POLICY is False or _in_functorch_transform():
         return False
@@ -147,6 +149,13 @@ def use_foreach(tensors: Sequence[Tensor]) -> bool:
         return True
     device = tensors[0].device
     return device.type != "cpu" and all(t.device == device for t in tensors)
+
+
+def _in_place_foreach(op: str, xs: Sequence[Tensor]) -> bool:
+    # an eager in-place op over several CPU tensors runs as one ``torch._foreach_<op>_``: the
+    # same per-tensor kernels (same bits, nothing allocated) looped in C++, not in Python
+    return (_FOREACH_POLICY is not False and len(xs) > 1 and xs[0].device.type == "cpu"
+            and not torch.compiler.is_compiling() and hasattr(torch, f"_foreach_{op}_"))
 
 
 def scalar_dtype(tensor: Tensor) -> torch.dtype:
@@ -218,6 +227,9 @@ def _map(op: str, xs: Sequence[Tensor], *args: Any, donate: bool = False,
         if out is not None:
             torch._foreach_copy_([_real(o) for o in out], results)
             return list(out)
+    elif out is xs and _in_place_foreach(op, real_xs):
+        getattr(torch, f"_foreach_{op}_")(real_xs, *[_foreach_arg(a, n) for a in real_args], **kwargs)
+        return list(xs)
     elif out is xs and hasattr(xs[0], f"{op}_"):
         for i, x in enumerate(real_xs):
             getattr(x, f"{op}_")(*[_nth(a, i) for a in real_args], **kwargs)
@@ -504,6 +516,7 @@ def div_root(xs: Sequence[Tensor], ss: Sequence[Tensor], eps: Scalar = 0.0, valu
         if not _is_zero_number(eps):  # a fresh root, but sqrt saved it for backward
             d = add(d, eps, donate=not _differentiating(d))
         return scaled_div(xs, d, value, donate=donate, out=out)
+    with_eps_root, with_eps = not _is_zero_number(eps_root), not _is_zero_number(eps)
     targets = _donated(xs) if donate else _donated(out)
     for i, (x, s, t) in enumerate(zip(xs, ss, targets)):
         rs = _real(s)
@@ -514,10 +527,10 @@ def div_root(xs: Sequence[Tensor], ss: Sequence[Tensor], eps: Scalar = 0.0, valu
         if centers is not None:
             c = _real(centers[i])
             src = torch.addcmul(src, c, c, value=-1, out=d)
-        if not _is_zero_number(eps_root):
+        if with_eps_root:
             src = torch.add(src, _nth(eps_root, i), out=d)
         torch.sqrt(src, out=d)
-        if not _is_zero_number(eps):
+        if with_eps:
             d.add_(_nth(eps, i))
         _scaled_div_into(_real(x), d, _nth(value, i), _real(t))
     return list(targets)
@@ -612,10 +625,14 @@ def _scratch_like(x: Tensor) -> Tensor:
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
     arenas = _SCRATCH.__dict__.setdefault("arenas", {})
-    buf = arenas.get(x.dtype)
-    if buf is None or buf.numel() < x.numel():
-        buf = arenas[x.dtype] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
-    return buf[:x.numel()].view(x.shape)
+    arena = arenas.get(x.dtype)
+    if arena is None or arena[0].numel() < x.numel():
+        arena = arenas[x.dtype] = (torch.empty(x.numel(), dtype=x.dtype, device=x.device), {})
+    buf, views = arena
+    view = views.get(x.shape)  # views of the arena by shape: a dict lookup, not two tensor ops
+    if view is None:
+        view = views[x.shape] = buf[:x.numel()].view(x.shape)
+    return view
 
 
 def sign(xs: Sequence[Tensor], *, donate: bool = False,
