@@ -15,7 +15,6 @@ from . import kernels, segments, tree
 from .aliases import adam, adamw, sgd
 from .aliases import adadelta, adagrad, adamax, rmsprop
 from .aliases import asgd, nadam, radam, rprop
-from .aliases import lamb, lars
 from . import linesearch
 from . import implicit
 from .implicit import custom_root, hvp, solve_cg, solve_normal_cg, stationary_point
@@ -51,7 +50,8 @@ from .updates import apply_updates, apply_updates_
 from . import monai  # monai.optimizers' functional side (MONAI is never imported)
 from . import timm  # timm.optim's functional side (timm is never imported)
 # torch.optim has no optimizer of these names: timm's at top level
-from .timm import adabelief, adahessian, adamp, madgrad, nvnovograd, sgdp
+from .timm import adabelief, adahessian, adamp, lamb, lars, madgrad, nvnovograd, sgdp
+from . import optax  # optax's aliases whose top-level names are timm's (fo.optax.lamb, fo.optax.lars)
 from .transforms import (AddRelativeStepDecayedWeightsState, ScaleByAdahessianState, ScaleByBeliefState,
                          ScaleByFactoredRmsState, ScaleByLambMomentsState, ScaleByMadgradState,
                          ScaleByNadamLegacyState, ScaleByRelativeStepSizeState, add_decoupled_weight_decay,
@@ -92,7 +92,7 @@ __all__ = [
     "linesearch", "lbfgs", "LBFGSState", "sparse_adam", "scale_by_sparse_adam",
     "ScaleBySparseAdamState", "SparseRows",
     "monai", "novograd", "scale_by_novograd", "ScaleByNovogradState",
-    "timm", "nvnovograd", "ScaleByLambMomentsState", "add_decoupled_weight_decay", "divide_by_global_norm",
+    "timm", "optax", "nvnovograd", "ScaleByLambMomentsState", "add_decoupled_weight_decay", "divide_by_global_norm",
     "scale_by_lamb_moments", "scale_by_lamb_trust_ratio", "scale_by_lars_trust_ratio",
     "adabelief", "adamp", "sgdp", "ScaleByBeliefState", "ScaleByNadamLegacyState", "scale_by_belief",
     "scale_by_nadam_legacy", "scale_by_timm_adam", "trace_from_zero",

@@ -199,13 +199,16 @@ ENTRIES: tuple[Entry, ...] = (
         opt("tight_steps_maximize", lambda lr: fo.rprop(lr, etas=(0.3, 1.5), step_sizes=(1e-3, 0.07),
                                                         maximize=True)),
     )),
-    Entry("lamb", "alias", (
+    Entry("lamb", "alias", (  # timm's Lamb; more timm samples under scale_by_lamb_moments
         opt("default", lambda lr: fo.lamb(lr)),
-        opt("wd_maximize", lambda lr: fo.lamb(lr, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.05, maximize=True)),
+        opt("optax_default", lambda lr: fo.optax.lamb(lr)),
+        opt("optax_wd_maximize", lambda lr: fo.optax.lamb(lr, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.05,
+                                                          maximize=True)),
     )),
-    Entry("lars", "alias", (
-        opt("default", lambda lr: fo.lars(lr)),
-        opt("wd_nesterov_eps", lambda lr: fo.lars(lr, momentum=0.8, weight_decay=0.01, trust_coefficient=0.5,
+    Entry("lars", "alias", (  # timm's Lars; more timm samples under scale_by_lars_trust_ratio
+        opt("default", lambda lr: fo.lars(lr, momentum=0.9, weight_decay=0.01)),
+        opt("optax_default", lambda lr: fo.optax.lars(lr)),
+        opt("optax_wd_nesterov_eps", lambda lr: fo.optax.lars(lr, momentum=0.8, weight_decay=0.01, trust_coefficient=0.5,
                                                   eps=1e-3, nesterov=True)),
     )),
     Entry("sparse_adam", "alias", (
@@ -485,7 +488,7 @@ NON_TRANSFORMS = {**NON_TRANSFORMS, "monai": _MODULE, "ScaleByNovogradState": _S
 
 
 # ---- timm's Lamb, Lars, NvNovoGrad (fo.timm.lamb/lars/nvnovograd, fo.nvnovograd) and their pieces ----
-# fo.timm.lamb and fo.timm.lars are not top-level names (fo.lamb/fo.lars are optax's): they run
+# fo.timm.lamb and fo.timm.lars are also fo.lamb/fo.lars (entries above); more of their samples run
 # through every check as samples of the entries of the transforms they are built from.
 ENTRIES += (
     Entry("nvnovograd", "alias", (
@@ -529,7 +532,7 @@ ENTRIES += (
                                              fo.add_decoupled_weight_decay(0.1, lr, max_learning_rate=0.1))),
     )),
 )
-NON_TRANSFORMS = {**NON_TRANSFORMS, "timm": _MODULE, "ScaleByLambMomentsState": _STATE}
+NON_TRANSFORMS = {**NON_TRANSFORMS, "timm": _MODULE, "optax": _MODULE, "ScaleByLambMomentsState": _STATE}
 
 
 # ---- timm's Adam family (fo.adabelief/adamp/sgdp, fo.timm.*_legacy, fo.timm.rmsprop_tf), caution ----

@@ -6,7 +6,7 @@
   views of the flat buffers what it gives on the separate leaves (eagerly, every entry),
   and every ``PER_PARAM`` one does so through ``FunctionalOptimizer(..., compile=True)``
   (inductor) against the per-param engine;
-* ``fo.lamb``, a per-param clipping chain and NovoGrad (MONAI's, timm's) compile to one
+* ``fo.optax.lamb``, a per-param clipping chain and NovoGrad (MONAI's, timm's) compile to one
   graph of the same size for 3 and 150 tensors, with no graph break and no recompilation
   when the lr changes;
 * the padding is zero in params, grads and state after every step, and masked out of
@@ -261,8 +261,8 @@ def test_per_param_transform_on_compiled_flat_engine_equals_per_param_engine(ent
 def test_lamb_float32_on_flat_engine_tracks_per_param_engine():
     # float32: the segmented norms round differently, 5 steps (measured 1.4e-8)
     torch._dynamo.reset()
-    got, _ = _run(fo.lamb, True, steps=5, dtype=torch.float32, lr=1e-2, weight_decay=0.1)
-    want, _ = _run(fo.lamb, False, steps=5, dtype=torch.float32, lr=1e-2, weight_decay=0.1)
+    got, _ = _run(fo.optax.lamb, True, steps=5, dtype=torch.float32, lr=1e-2, weight_decay=0.1)
+    want, _ = _run(fo.optax.lamb, False, steps=5, dtype=torch.float32, lr=1e-2, weight_decay=0.1)
     assert _max_rel(got, want) <= 2e-6
 
 
@@ -272,7 +272,7 @@ def test_lamb_on_two_buckets_equals_per_param_engine():
         gen = torch.Generator().manual_seed(3)
         params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=d))
                   for s, d in zip(SHAPES, [torch.float32, torch.float64] * 3)]
-        opt = adapters.FunctionalOptimizer(params, fo.lamb, compile=compile, lr=1e-2, weight_decay=0.1)
+        opt = adapters.FunctionalOptimizer(params, fo.optax.lamb, compile=compile, lr=1e-2, weight_decay=0.1)
         for _ in range(3):
             for p in params:
                 p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
@@ -302,7 +302,7 @@ def test_poisoned_padding_is_masked_and_zeroed():
                     _padding_view_fill(layout, leaf, float("nan"))
 
     torch._dynamo.reset()
-    factory = fo.lamb
+    factory = fo.optax.lamb
     clean, _ = _run(factory, True, steps=3, lr=1e-2, weight_decay=0.1)
     torch._dynamo.reset()
     params = _params()
@@ -336,16 +336,16 @@ def test_padding_stays_zero_through_training_and_state_dict_round_trip():
         _assert_padding_zero(opt._groups[0].engine.layout, opt._groups[0].state)
 
     torch._dynamo.reset()
-    _, opt = _run(fo.lamb, True, steps=3, after_step=check, lr=1e-2, weight_decay=0.1)
+    _, opt = _run(fo.optax.lamb, True, steps=3, after_step=check, lr=1e-2, weight_decay=0.1)
     saved = opt.state_dict()
     params = [p.detach().clone().requires_grad_() for p in opt.param_groups[0]["params"]]
-    resumed = adapters.FunctionalOptimizer(params, fo.lamb, lr=1e-2, weight_decay=0.1)
+    resumed = adapters.FunctionalOptimizer(params, fo.optax.lamb, lr=1e-2, weight_decay=0.1)
     resumed.load_state_dict(saved)
     for g in _grads(2, seed=7):
         for p, gi in zip(params, g):
             p.grad = gi.clone()
         resumed.step()
-    straight, ref = _run(fo.lamb, False, steps=3, lr=1e-2, weight_decay=0.1)
+    straight, ref = _run(fo.optax.lamb, False, steps=3, lr=1e-2, weight_decay=0.1)
     ref_params = ref.param_groups[0]["params"]
     for g in _grads(2, seed=7):
         for p, gi in zip(ref_params, g):
@@ -355,7 +355,7 @@ def test_padding_stays_zero_through_training_and_state_dict_round_trip():
     # and back: per-param state into a fresh flat engine
     torch._dynamo.reset()
     params2 = [p.detach().clone().requires_grad_() for p in ref_params]
-    flat_again = adapters.FunctionalOptimizer(params2, fo.lamb, compile=True, lr=1e-2, weight_decay=0.1)
+    flat_again = adapters.FunctionalOptimizer(params2, fo.optax.lamb, compile=True, lr=1e-2, weight_decay=0.1)
     flat_again.load_state_dict(ref.state_dict())
     assert flat_again._groups[0].engine.kind == "flat"
     _assert_padding_zero(flat_again._groups[0].engine.layout, flat_again._groups[0].state)
@@ -379,7 +379,7 @@ def _nvnovograd_variant(lr=1e-2):
     return fo.timm.nvnovograd(lr, weight_decay=0.01, amsgrad=True, grad_averaging=True)
 
 
-@pytest.mark.parametrize("factory", [fo.lamb, _clip_adam, fo.novograd, _nvnovograd_variant],
+@pytest.mark.parametrize("factory", [fo.optax.lamb, _clip_adam, fo.novograd, _nvnovograd_variant],
                          ids=["lamb", "clip_by_block_rms-adam", "novograd", "nvnovograd-amsgrad-averaging-wd"])
 def test_reducing_chain_compiles_to_one_graph_of_the_same_size_for_3_and_150_params(factory):
     seen = {}
@@ -561,7 +561,7 @@ def test_eager_novograd_state_dict_loads_into_the_flat_engine_and_continues_iden
 @pytest.mark.parametrize("make", [
     lambda: fo.chain(fo.adaptive_grad_clip(0.1), fo.adam(1e-2)),  # MATRIX: per-row norms
     lambda: fo.chain(fo.centralize(), fo.sgd(1e-2)),  # MATRIX
-    lambda: fo.masked(fo.lamb(1e-2), lambda p: [i % 2 == 0 for i in range(len(p))]),  # LEAVES
+    lambda: fo.masked(fo.optax.lamb(1e-2), lambda p: [i % 2 == 0 for i in range(len(p))]),  # LEAVES
     lambda: fo.chain(fo.add_noise(0.01, 0.55, key=0), fo.sgd(1e-2)),  # LEAVES: noise by position
 ], ids=["agc", "centralize", "masked", "add_noise"])
 def test_leaf_and_matrix_transforms_run_per_param(make):

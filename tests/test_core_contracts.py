@@ -171,7 +171,7 @@ def test_transforms_declare_what_they_need():
     assert fo.needs(fo.apply_if_finite(fo.adam(), 3)) == N.GLOBAL
     assert fo.needs(fo.masked(fo.adam(), lambda p: [True] * len(p))) == N.LEAVES  # by leaf label
     assert fo.needs(fo.add_noise(0.1, 0.5)) == N.LEAVES  # noise keyed by leaf position
-    assert fo.needs(fo.lamb()) == fo.needs(fo.lars()) == fo.needs(fo.clip_by_block_rms(1.0)) == N.PER_PARAM
+    assert fo.needs(fo.optax.lamb()) == fo.needs(fo.optax.lars()) == fo.needs(fo.clip_by_block_rms(1.0)) == N.PER_PARAM
     assert fo.needs(fo.lookahead(fo.chain(fo.clip_by_global_norm(1.0), fo.sgd()), 5, 0.5)) == N.GLOBAL
     assert fo.needs(fo.adaptive_grad_clip(0.1)) == N.MATRIX
     assert fo.needs(fo.MultiSteps(fo.adam(), 2).gradient_transformation()) == N.ELEMENTWISE

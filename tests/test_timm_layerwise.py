@@ -222,7 +222,8 @@ def test_namespaces():
     assert {"Lamb", "Lars", "NvNovoGrad"} <= set(optim.__all__)
     assert {"lamb", "lars", "nvnovograd"} <= set(fo.timm.__all__)
     assert fo.nvnovograd is fo.timm.nvnovograd  # torch has no NvNovoGrad: timm's at top level
-    assert fo.lamb is not fo.timm.lamb and fo.lars is not fo.timm.lars  # optax's compositions stay
+    assert fo.lamb is fo.timm.lamb and fo.lars is fo.timm.lars  # torch has neither: timm's at top level
+    assert fo.optax.lamb is not fo.lamb and fo.optax.lars is not fo.lars  # optax's compositions
 
 
 def test_timm_is_not_imported_at_run_time():

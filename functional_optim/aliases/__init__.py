@@ -5,7 +5,6 @@ from .adagrad import adagrad
 from .adam import adam, adamw
 from .adamax import adamax
 from .asgd import asgd
-from .layerwise import lamb, lars
 from .lbfgs import LBFGSState, lbfgs
 from .nadam import nadam
 from .novograd import novograd
@@ -16,5 +15,5 @@ from .sgd import sgd
 from .sparse_adam import sparse_adam
 
 __all__ = ["adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax",
-           "nadam", "radam", "asgd", "rprop", "lamb", "lars",
+           "nadam", "radam", "asgd", "rprop",
            "lbfgs", "LBFGSState", "sparse_adam", "novograd"]

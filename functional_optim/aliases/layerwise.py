@@ -1,4 +1,5 @@
-"""Layer-wise trust-ratio optimizers: LAMB and LARS (optax's compositions)."""
+"""Layer-wise trust-ratio optimizers: LAMB and LARS as optax composes them (``fo.optax.lamb``,
+``fo.optax.lars``; the top-level ``fo.lamb``/``fo.lars`` are timm's)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def lamb(lr: ScalarOrSchedule = 1e-3, betas: tuple[Any, Any] = (0.9, 0.999), eps
 
     Example:
       >>> import torch, functional_optim as fo
-      >>> opt = fo.lamb(lr=0.1)
+      >>> opt = fo.optax.lamb(lr=0.1)
       >>> params = {"w": torch.tensor([3.0, 4.0])}
       >>> updates, state = opt.update({"w": torch.tensor([1.0, -1.0])}, opt.init(params), params)
       >>> updates["w"]  # Adam's first step is sign(g); ||p|| / ||sign(g)|| = 5 / sqrt(2)
@@ -79,7 +80,7 @@ def lars(lr: ScalarOrSchedule = 1.0, momentum: float | torch.Tensor = 0.9, weigh
 
     Example:
       >>> import torch, functional_optim as fo
-      >>> opt = fo.lars(lr=1.0, trust_coefficient=0.1)
+      >>> opt = fo.optax.lars(lr=1.0, trust_coefficient=0.1)
       >>> params = {"w": torch.tensor([3.0, 4.0])}
       >>> updates, state = opt.update({"w": torch.tensor([2.0, 0.0])}, opt.init(params), params)
       >>> updates["w"]  # 0.1 * ||p|| / ||g|| = 0.25
