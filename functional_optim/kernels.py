@@ -49,7 +49,7 @@ __all__ = [
     "gather_sparse", "scatter_sparse", "sparse_like", "rows_to_dense", "row_masks",
     "norms", "global_norm", "vdot", "all_finite", "count_nonfinite", "leafwise", "norm_dtype",
     "masked_fill", "mul_real", "means", "unit_norms", "rms", "writes_in_place",
-    "scaled_div", "div_root", "mul_root", "power", "donations_into",
+    "scaled_div", "div_root", "mul_root", "power", "donations_into", "add_shrink",
     "param_scalars",
 ]
 
@@ -592,6 +592,31 @@ def power(xs: Sequence[Tensor], exponent: float | Tensor, *, donate: bool = Fals
             results.append(torch.view_as_complex(v) if x.is_complex() else v)
         return results
     return _map("pow", xs, exponent, donate=donate, out=out)
+
+
+def add_shrink(xs: Sequence[Tensor], ps: Sequence[Tensor], keep: Scalar, *, donate: bool = False,
+               out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x + (p * keep - p)`` per tensor: decoupled weight decay as an update.
+
+    ``p * keep - p`` is exact when ``keep`` is in [0.5, 2] (Sterbenz), so adding the result
+    to ``p`` rounds as ``p.mul_(keep)`` does (torch's and timm's decay, ``keep`` rounded to
+    ``p``'s dtype); ``-(1 - keep) * p`` would drift from them by that rounding at every
+    step. Written in place (``donate`` or ``out``, eagerly) the product goes through the
+    reused scratch buffer (:func:`_scratch_like`): nothing param-sized is allocated.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.add_shrink([torch.tensor([1.0, 0.0])], [torch.tensor([2.0, -4.0])], 0.75)
+      [tensor([0.5000, 1.0000])]
+    """
+    if not _one_pass(donate, out, xs, ps):
+        return add(xs, sub(mul(ps, keep), ps, donate=True), donate=donate, out=out)
+    targets = _donated(xs) if donate else _donated(out)
+    for i, (x, p, t) in enumerate(zip(xs, ps, targets)):
+        d = _scratch_like(p)
+        torch.mul(p, _nth(keep, i), out=d).sub_(p)
+        torch.add(x, d, out=t)
+    return list(targets)
 
 
 def _scaled_div_into(x: Tensor, y: Tensor, value: Any, target: Tensor) -> None:

@@ -91,10 +91,9 @@ def add_decoupled_weight_decay(weight_decay: float | torch.Tensor, learning_rate
         sel = select(updates, params=params)
         if not len(sel):
             return updates, state
-        # 1 - r is formed once per step (a Python number, or a 0-d tensor); the decay term
-        # p * (1 - r) - p is exact (Sterbenz), so applying the update rounds p * (1 - r) as
-        # torch's and timm's p.mul_(1 - r) do: -r * p would drift from them by the rounding
-        # of 1 - r in the param's dtype, compounded every step (1.4e-6 after 50 float32 steps)
+        # 1 - r is formed once per step (a Python number, or a 0-d tensor); kernels.add_shrink
+        # adds p * (1 - r) - p, which rounds as torch's and timm's p.mul_(1 - r) (-r * p drifts
+        # from them: 1.4e-6 after 50 float32 AdamW steps)
         # (bfloat16/float16 params keep -r * p: rounded there, p * (1 - r) - p is mostly 0)
         rate = decoupled_decay_rate(weight_decay, learning_rate, max_learning_rate)
         ps, us = sel["params"], sel.updates
@@ -102,9 +101,8 @@ def add_decoupled_weight_decay(weight_decay: float | torch.Tensor, learning_rate
         reduced = [i for i in range(len(ps)) if i not in set(exact)]
         out = list(us)
         if exact:
-            kept = [ps[i] for i in exact]
-            decay = k.sub(k.mul(kept, 1 - rate), kept, donate=True)
-            for i, u in zip(exact, k.add([us[i] for i in exact], decay, donate=donate)):
+            for i, u in zip(exact, k.add_shrink([us[i] for i in exact], [ps[i] for i in exact], 1 - rate,
+                                                donate=donate)):
                 out[i] = u
         if reduced:
             for i, u in zip(reduced, k.add([us[i] for i in reduced], [ps[i] for i in reduced], -rate,
