@@ -217,8 +217,15 @@ class FlatEngine:
         return [b.grads for b in self.layout.buckets]
 
     def step(self, call: StepCall, params: list[torch.Tensor], grads: list, state: Any) -> Any:
-        buffers = self.leaves(params)
-        self.compiled = run_graph(self.compiled, call, buffers, grads, state, self.layout.segments)
+        buffers, graph_state = self.leaves(params), state
+        if self.layout.segmented:
+            # the whole step in the (nblocks, B) shape of its segmented reductions (params,
+            # grads, state, write-back): 1-D buffers beside 2-D views would split inductor's
+            # kernel into several loops with param-sized intermediates
+            view = flat.block_view(grads, self.layout.segments)
+            buffers, grads, graph_state = [view(b) for b in buffers], [view(g) for g in grads], \
+                optree.tree_map(view, state)
+        self.compiled = run_graph(self.compiled, call, buffers, grads, graph_state, self.layout.segments)
         return state
 
     def zero_grad(self, params: list[torch.Tensor], set_to_none: bool) -> None:

@@ -53,7 +53,7 @@ def init(tx: fo.GradientTransformation, buffers: list[torch.Tensor], segments: A
     """
     if all(s is None for s in segments):
         return tx.init(buffers)
-    view = _block_view(buffers, segments)
+    view = block_view(buffers, segments)
     previous = seg.activate([(view(b), s) for b, s in zip(buffers, segments)])
     try:
         return tx.init(buffers)
@@ -83,7 +83,7 @@ def update(tx: fo.GradientTransformation, grads: list[torch.Tensor], state: Any,
     padded = any(s.block_valid is not None for s in segments)
     if fo.needs(tx) <= fo.Needs.GLOBAL and not padded:
         return tx.update(grads, state, params, **extra)
-    view = _block_view(grads, segments)
+    view = block_view(grads, segments)
     views = [view(g) for g in grads]
     previous = seg.activate(list(zip(views, segments)))
     try:
@@ -94,9 +94,10 @@ def update(tx: fo.GradientTransformation, grads: list[torch.Tensor], state: Any,
     return updates, _flat_state(new_state, state, grads, segments)
 
 
-def _block_view(grads: list[torch.Tensor], segments: list[seg.Segments]):
-    """A function giving a bucket-sized 1-D tensor's ``(nblocks, B)`` view (other values as
-    they are): one block size per layout, so the view follows from the numel."""
+def block_view(grads: list[torch.Tensor], segments: list[seg.Segments]):
+    """A function giving a bucket-sized 1-D tensor's ``(nblocks, B)`` view (other values,
+    and tensors already in that shape, as they are): one block size per layout, so the view
+    follows from the numel. ``grads``: the layout's grad buffers (1-D or viewed)."""
     shapes = {g.numel(): _shape_2d(g, s) for g, s in zip(grads, segments)}
 
     def view(t: Any) -> Any:
@@ -112,10 +113,17 @@ def _flat_state(new_state: Any, state: Any, grads: list[torch.Tensor], segments:
     leaves, spec = optree.tree_flatten(new_state)
     out = []
     for new, old in zip(leaves, optree.tree_leaves(state)):
-        if isinstance(new, torch.Tensor) and new.dim() == 2 and old.dim() == 1 and new.numel() == old.numel():
+        if isinstance(new, torch.Tensor) and new.dim() == 2 and old.dim() in (1, 2) \
+                and new.numel() == old.numel() and _bucket_sized(old, grads):
             new = _flat(new, old, _segments_of(old, grads, segments))
         out.append(new)
     return optree.tree_unflatten(spec, out)
+
+
+def _bucket_sized(t: torch.Tensor, grads: list[torch.Tensor]) -> bool:
+    # a bucket-sized state tensor (1-D, or already viewed like the grads), not a
+    # (nblocks, 1) per-param scalar
+    return t.dim() == 1 or any(t.shape == g.shape for g in grads)
 
 
 def _shape_2d(buffer: torch.Tensor, segs: seg.Segments) -> tuple[int, int]:
