@@ -6,6 +6,7 @@ No ``from __future__ import annotations`` here: the signature prints exactly as 
 import functional_optim as fo
 from functional_optim.hyperparams import concrete
 
+from ..monai import Novograd
 from ..torch_optim import _TorchCompatible
 from ._lamb import max_lr_snapshot, reject_below
 
@@ -46,10 +47,7 @@ class NvNovoGrad(_TorchCompatible):
       (tensor([-0.0600, -0.0800]), 1)
     """
 
-    _state_keys = {"step": ("ScaleByNovogradState.count", "TraceState.count"),
-                   "exp_avg": ("TraceState.trace",),
-                   "exp_avg_sq": ("ScaleByNovogradState.nu",),
-                   "max_exp_avg_sq": ("ScaleByNovogradState.nu_max",)}
+    _state_keys = Novograd._state_keys  # MONAI's Novograd keeps the same state under the same names
     _int_step = True  # timm counts steps in a Python int
 
     def __init__(

@@ -233,16 +233,10 @@ def scale_by_lamb_trust_ratio(trust_clip: bool = False, *,
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del extra
-        if params is None:
-            raise ValueError("scale_by_lamb_trust_ratio needs params: call update(updates, state, params)")
-        sel = select(updates, params=params)
-        us, ps = sel.updates, sel["params"]
-        if not us:
+        sel, ratios = _trust_ratios("scale_by_lamb_trust_ratio", ratio, updates, params)
+        if sel is None:
             return updates, state
-        dtype = k.norm_dtype(us + ps)
-        ratios = k.leafwise(ratio, k.norms(ps, dtype), k.norms(us, dtype))
-        ratios = [r.to(_real_dtype(u)) for r, u in zip(ratios, us)]
-        return sel.rebuild(k.mul(us, ratios, donate=donate)), state
+        return sel.rebuild(k.mul(sel.updates, ratios, donate=donate)), state
 
     return declare(GradientTransformation(init_empty_state, update_fn), Needs.PER_PARAM)
 
@@ -309,16 +303,24 @@ def scale_by_lars_trust_ratio(trust_coeff: float | torch.Tensor = 1e-3, eps: flo
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del extra
-        if params is None:
-            raise ValueError("scale_by_lars_trust_ratio needs params: call update(updates, state, params)")
-        sel = select(updates, params=params)
-        us, ps = sel.updates, sel["params"]
-        if not us:
+        sel, ratios = _trust_ratios("scale_by_lars_trust_ratio", ratio, updates, params)
+        if sel is None:
             return updates, state
-        dtype = k.norm_dtype(us + ps)
-        ratios = k.leafwise(ratio, k.norms(ps, dtype), k.norms(us, dtype))
-        ratios = [r.to(_real_dtype(u)) for r, u in zip(ratios, us)]
-        decayed = k.add(us, ps, weight_decay, donate=donate)
+        decayed = k.add(sel.updates, sel["params"], weight_decay, donate=donate)
         return sel.rebuild(k.mul(decayed, ratios, donate=True)), state
 
     return declare(GradientTransformation(init_empty_state, update_fn), Needs.PER_PARAM)
+
+
+def _trust_ratios(name: str, ratio: Any, updates: Any, params: Any) -> tuple[Any, list[torch.Tensor]]:
+    """The selection of ``updates`` with ``params`` and ``ratio(||p||, ||u||)`` per param
+    (segmented on flat buffers), in each update's real dtype; ``(None, [])`` without updates."""
+    if params is None:
+        raise ValueError(f"{name} needs params: call update(updates, state, params)")
+    sel = select(updates, params=params)
+    us, ps = sel.updates, sel["params"]
+    if not us:
+        return None, []
+    dtype = k.norm_dtype(us + ps)
+    ratios = k.leafwise(ratio, k.norms(ps, dtype), k.norms(us, dtype))
+    return sel, [r.to(_real_dtype(u)) for r, u in zip(ratios, us)]
