@@ -105,7 +105,14 @@ def check_number(name: str, value: Any, *, schedule_ok: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
         kinds = "a number, a 0-d tensor or a schedule" if schedule_ok else "a number or a 0-d tensor"
         raise TypeError(f"{name} must be {kinds}, got {type(value).__name__}")
-    concrete(value)  # rejects multi-element tensors
+    if isinstance(value, torch.Tensor) and value.dim() != 0:
+        # torch's message where it has one (more than one element); a 1-element tensor of
+        # another shape would broadcast a 0-d leaf (and its state) to its own shape
+        first = f"Tensor {name} must be 1-element" if value.numel() != 1 else f"Invalid {name}"
+        raise ValueError(f"{first}: {name} must be a number or a 0-d tensor (one element, no "
+                         f"dimensions), got a tensor of shape {tuple(value.shape)} (reshape a "
+                         "1-element tensor with .reshape(()))")
+    concrete(value)
 
 
 def check_range(name: str, value: Any, low: float | None = None, high: float | None = None, *,

@@ -28,6 +28,7 @@ every value it saved. Plain eager and compiled steps keep their in-place writes.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Sequence
 from numbers import Number
@@ -49,8 +50,8 @@ __all__ = [
     "gather_sparse", "scatter_sparse", "sparse_like", "rows_to_dense", "row_masks",
     "norms", "global_norm", "vdot", "all_finite", "count_nonfinite", "leafwise", "norm_dtype",
     "masked_fill", "mul_real", "means", "unit_norms", "rms", "writes_in_place",
-    "scaled_div", "div_root", "mul_root", "power", "donations_into", "add_shrink",
-    "param_scalars",
+    "scaled_div", "div_root", "mul_root", "power", "donations_into", "add_shrink", "add_finite_scaled",
+    "param_scalars", "is_dtensor",
 ]
 
 _FOREACH_POLICY: bool | None = None  # None: automatic (see use_foreach)
@@ -165,6 +166,23 @@ def scalar_dtype(tensor: Tensor) -> torch.dtype:
     without float64 support (MPS).
     """
     return torch.float32 if tensor.device.type == "mps" else torch.float64
+
+
+def is_dtensor(x: Any) -> bool:
+    """Whether ``x`` is a ``torch.distributed.tensor.DTensor`` (FSDP2, tensor parallel).
+
+    Its math runs through DTensor's dispatch (which all-reduces where a reduction spans
+    shards), so buffers for it are made ``*_like`` it, never from its (global) shape, and
+    it cannot be packed into flat buffers. Imports nothing: if the DTensor module is not
+    loaded, no tensor can be one.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.is_dtensor(torch.zeros(2))
+      False
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(x, module.DTensor)
 
 
 # ---------------------------------------------------------------------------------
@@ -603,6 +621,8 @@ def add_shrink(xs: Sequence[Tensor], ps: Sequence[Tensor], keep: Scalar, *, dona
     ``p``'s dtype); ``-(1 - keep) * p`` would drift from them by that rounding at every
     step. Written in place (``donate`` or ``out``, eagerly) the product goes through the
     reused scratch buffer (:func:`_scratch_like`): nothing param-sized is allocated.
+    An infinite ``p`` stays itself under the shrink (torch's ``inf * keep`` is ``inf``), so
+    its ``inf - inf`` (NaN) is taken as 0: the param stays ``inf`` instead of becoming NaN.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -610,12 +630,42 @@ def add_shrink(xs: Sequence[Tensor], ps: Sequence[Tensor], keep: Scalar, *, dona
       [tensor([0.5000, 1.0000])]
     """
     if not _one_pass(donate, out, xs, ps):
-        return add(xs, sub(mul(ps, keep), ps, donate=True), donate=donate, out=out)
+        shrink = [torch.nan_to_num(d, nan=0.0, posinf=_INF, neginf=-_INF)
+                  for d in sub(mul(ps, keep), ps, donate=True)]
+        return add(xs, shrink, donate=donate, out=out)
     targets = _donated(xs) if donate else _donated(out)
     for i, (x, p, t) in enumerate(zip(xs, ps, targets)):
         d = _scratch_like(p)
-        torch.mul(p, _nth(keep, i), out=d).sub_(p)
+        torch.mul(p, _nth(keep, i), out=d).sub_(p).nan_to_num_(nan=0.0, posinf=_INF, neginf=-_INF)
         torch.add(x, d, out=t)
+    return list(targets)
+
+
+_INF = float("inf")
+
+
+def add_finite_scaled(xs: Sequence[Tensor], ps: Sequence[Tensor], alpha: Scalar, *, donate: bool = False,
+                      out: Sequence[Tensor] | None = None) -> TensorList:
+    """``x + alpha * p`` per tensor, an infinite entry of ``p`` read as 0 (NaN stays NaN).
+
+    Decoupled weight decay as an update for bfloat16/float16 params (``alpha = -r``): the
+    decay of an infinite param is then 0 and the param stays infinite, as torch's
+    ``p.mul_(1 - r)`` leaves it, instead of ``inf - inf``. Otherwise the bits of
+    ``add(xs, ps, alpha)``. Eagerly in place the cleaned ``p`` goes through the reused
+    scratch buffer: nothing param-sized is allocated.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.add_finite_scaled([torch.zeros(2)], [torch.tensor([float("inf"), 2.0])], -0.5)
+      [tensor([ 0., -1.])]
+    """
+    if not _one_pass(donate, out, xs, ps):
+        finite = [torch.nan_to_num(p, nan=float("nan"), posinf=0.0, neginf=0.0) for p in ps]
+        return add(xs, finite, alpha, donate=donate, out=out)
+    targets = _donated(xs) if donate else _donated(out)
+    for i, (x, p, t) in enumerate(zip(xs, ps, targets)):
+        finite = torch.nan_to_num(p, nan=float("nan"), posinf=0.0, neginf=0.0, out=_scratch_like(p))
+        add([x], [finite], _nth(alpha, i), out=[t])
     return list(targets)
 
 
@@ -647,6 +697,8 @@ def _scratch_like(x: Tensor) -> Tensor:
     fault in fresh pages for every temporary (glibc maps a block over 32 MB anew at each
     allocation); on accelerators (caching allocators) and under ``torch.compile``, a
     fresh tensor."""
+    if is_dtensor(x):  # sharded: a buffer with x's placements, not of its global shape
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
     arenas = _SCRATCH.__dict__.setdefault("arenas", {})

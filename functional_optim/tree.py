@@ -193,6 +193,44 @@ class Selection:
         full = self._leaves[name]
         return [full[i] for i in self.index]
 
+    def check_like_updates(self, *names: str, dtypes: dict[str, torch.dtype | None] | None = None) -> None:
+        """Raise ValueError unless every present leaf of the state trees ``names`` has the
+        shape of its update leaf, and the dtype ``dtypes[name]`` where one is declared (None:
+        not checked, e.g. "the param's dtype", which a chain may have widened).
+
+        A state made by ``init`` for other params of the same structure would otherwise be
+        broadcast silently (a ``(1,)`` moment against a ``(3,)`` gradient) or fail deep
+        in a kernel. Shapes are static under ``torch.compile`` (checked once, while
+        tracing) and per example under ``vmap`` (what a state for one example must match).
+
+        Example:
+          >>> import torch, functional_optim as fo
+          >>> sel = fo.tree.select({"w": torch.ones(3)}, mu={"w": torch.zeros(2)})
+          >>> sel.check_like_updates("mu")
+          Traceback (most recent call last):
+          ...
+          ValueError: state field 'mu' at leaf ['w'] has shape (2,), but the update there has shape (3,): was the state made by init() on other params?
+        """
+        for name in names:
+            dtype = (dtypes or {}).get(name)
+            for j, (u, x) in enumerate(zip(self.updates, self[name])):
+                if not isinstance(x, torch.Tensor) or not isinstance(u, torch.Tensor):
+                    continue
+                if x.shape != u.shape:
+                    raise ValueError(
+                        f"state field {name!r} at leaf {self._path(j)} has shape {tuple(x.shape)}, but the "
+                        f"update there has shape {tuple(u.shape)}: was the state made by init() on other params?")
+                if dtype is not None and x.dtype != dtype:
+                    raise ValueError(
+                        f"state field {name!r} at leaf {self._path(j)} has dtype {x.dtype}, but the transform "
+                        f"declares {dtype}: was the state made by init() of another transform?")
+
+    def _path(self, j: int) -> str:
+        # the printable path of the j-th present leaf (for error messages only)
+        tree = self.spec.unflatten([None] * len(self._leaves[None]))
+        paths = optree.tree_paths(tree, none_is_leaf=True)
+        return "".join(f"[{key!r}]" for key in paths[self.index[j]]) or "(the root)"
+
     def __len__(self) -> int:
         return len(self.index)
 

@@ -8,8 +8,9 @@ import torch
 
 from ..base import GradientTransformation, ScalarOrSchedule
 from ..combine import chain
-from ..hyperparams import check_range
+from ..hyperparams import check_range, is_schedule
 from ..transforms import add_decayed_weights, scale_by_learning_rate, scale_by_radam
+from ..transforms.weight_decay import add_decoupled_weight_decay
 from ._common import is_zero, maximize_part
 from .adam import _betas
 
@@ -50,6 +51,11 @@ def radam(lr: ScalarOrSchedule = 1e-3, betas: tuple[Any, Any] = (0.9, 0.999), ep
     if not isinstance(decoupled_weight_decay, bool):
         raise TypeError(f"decoupled_weight_decay must be a bool, got {type(decoupled_weight_decay).__name__}")
     decay = [] if is_zero(weight_decay) else [add_decayed_weights(weight_decay)]
+    if decoupled_weight_decay and decay and not (is_schedule(lr) or is_schedule(weight_decay)):
+        # torch's p.mul_(1 - lr * weight_decay), rounded as torch rounds it (an infinite
+        # param stays infinite, where lr * (u + weight_decay * p) would make it NaN)
+        return chain(*maximize_part(maximize), scale_by_radam(b1, b2, eps),
+                     scale_by_learning_rate(lr), add_decoupled_weight_decay(weight_decay, lr))
     return chain(
         *maximize_part(maximize),
         *([] if decoupled_weight_decay else decay),

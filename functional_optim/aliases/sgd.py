@@ -22,7 +22,8 @@ def sgd(lr: ScalarOrSchedule = 1e-3, momentum: float | torch.Tensor = 0, dampeni
 
     Args:
       lr: learning rate >= 0: a number, a 0-d tensor, or a schedule ``count -> lr``. Default 1e-3.
-      momentum: momentum factor >= 0. Default 0.
+      momentum: momentum factor >= 0, a number or 0-d tensor. Default 0. A tensor holding 0
+        behaves as torch's (dampening ignored, ``buf = g``) and stays differentiable.
       dampening: dampening for momentum. Default 0.
       weight_decay: L2 penalty >= 0 (number, 0-d tensor or schedule). Default 0.
       nesterov: Nesterov momentum; needs momentum > 0 and dampening == 0. Default False.
@@ -41,8 +42,8 @@ def sgd(lr: ScalarOrSchedule = 1e-3, momentum: float | torch.Tensor = 0, dampeni
     check_range("momentum", momentum, 0.0)
     check_range("dampening", dampening, None)
     check_range("weight_decay", weight_decay, 0.0, schedule_ok=True)
-    if nesterov and ((concrete(momentum) or 0.0) <= 0 and not isinstance(momentum, torch.Tensor)
-                     or concrete(dampening) not in (0.0, None)):
+    readable = concrete(momentum)  # None: a tensor not read here (tracing, inject_hyperparams)
+    if nesterov and (readable is not None and readable <= 0 or concrete(dampening) not in (0.0, None)):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening "
                          f"(got nesterov=True, momentum={momentum}, dampening={dampening})")
     parts = maximize_part(maximize)

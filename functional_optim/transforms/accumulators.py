@@ -87,6 +87,7 @@ def scale_by_rss(initial_accumulator_value: float | torch.Tensor = 0.1, eps: flo
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, sum_of_squares=state.sum_of_squares)
+        sel.check_like_updates("sum_of_squares", dtypes=dict(sum_of_squares=state_dtype))
         g = k.upcast(sel.updates, state_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         sums = k.addcmul(sel["sum_of_squares"], g, g, 1, donate=donate)
@@ -94,7 +95,7 @@ def scale_by_rss(initial_accumulator_value: float | torch.Tensor = 0.1, eps: flo
         out = k.div_root(g, sums, 0.0 if eps_in_sqrt else eps, eps_root=eps if eps_in_sqrt else 0.0,
                          donate=donate)
         if decays:  # torch: clr = lr / (1 + (step - 1) * lr_decay)
-            factors = steps.per_leaf(lambda t: 1 + (t - 1) * lr_decay, counts, g)
+            factors = k.scalars_for(steps.per_leaf(lambda t: 1 + (t - 1) * lr_decay, counts, g), g)
             out = k.div(out, factors, donate=donate)
         new_state = ScaleByRssState(count=sel.rebuild(counts, "count"),
                                     sum_of_squares=sel.rebuild(sums, "sum_of_squares"))
@@ -135,6 +136,7 @@ def scale_by_adadelta(rho: float | torch.Tensor = 0.9, eps: float | torch.Tensor
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, e_g=state.e_g, e_x=state.e_x)
+        sel.check_like_updates("e_g", "e_x", dtypes=dict(e_g=state_dtype, e_x=state_dtype))
         g = k.upcast(sel.updates, state_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         e_g = k.mul(sel["e_g"], rho, donate=donate)
@@ -187,6 +189,7 @@ def scale_by_adamax(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, mu=state.mu, nu=state.nu)
+        sel.check_like_updates("mu", "nu", dtypes=dict(mu=state_dtype, nu=state_dtype))
         g = k.upcast(sel.updates, state_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         inv_bc1 = k.scalars_for(steps.per_leaf(lambda t: 1 / (1 - b1 ** t), counts, g), g)

@@ -78,6 +78,7 @@ def scale_by_nadam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, mu_product=state.mu_product, mu=state.mu, nu=state.nu)
+        sel.check_like_updates("mu", "nu", dtypes=dict(mu=mu_dtype, nu=nu_dtype))
         g = k.upcast(sel.updates, mu_dtype, nu_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         products = sel["mu_product"]
@@ -164,6 +165,7 @@ def scale_by_radam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, mu=state.mu, nu=state.nu)
+        sel.check_like_updates("mu", "nu", dtypes=dict(mu=mu_dtype, nu=nu_dtype))
         g = k.upcast(sel.updates, mu_dtype, nu_dtype)
         counts = steps.increment(sel["count"], donate=donate)
 
@@ -192,6 +194,9 @@ def scale_by_radam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.
         scratch = g if donate else None
         second = nu if _is_zero(eps_root) else k.add(nu, [eps_root * b for b in bc2])
         denom = k.sqrt(second, out=scratch)
+        # the SGD branch (scale 0; > 0 where rectified) never reads v: an overflowed v (inf)
+        # times 0 would be NaN there, where torch (which skips v in that branch) is finite
+        denom = k.masked_fill(denom, [c <= 0 for c in scale], 0.0, donate=donate)
         denom = k.mul(denom, scale, donate=donate)  # sqrt saves its output for backward
         denom = k.add(denom, shift, donate=True)
         out = k.div(numer, denom, out=scratch)

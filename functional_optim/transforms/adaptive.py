@@ -86,6 +86,7 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         if amsgrad:
             trees["nu_max"] = state.nu_max
         sel = select(updates, **trees)
+        sel.check_like_updates(*list(trees)[1:], dtypes=dict(mu=mu_dtype, nu=nu_dtype, nu_max=nu_dtype))
         g = k.upcast(sel.updates, mu_dtype, nu_dtype)  # moments wider than g: compute in their dtype
         counts = steps.increment(sel["count"], donate=donate)
         # per-step scalars, once per leaf: 1 - b1**t, sqrt(1 - b2**t), 1 - b2**t and
@@ -94,10 +95,11 @@ def scale_by_adam(b1: float | torch.Tensor = 0.9, b2: float | torch.Tensor = 0.9
         # denominator: u = mu / (bc1 * sqrt(nu) / sqrt(bc2) + bc1 * eps), one pass fewer.
         # Nesterov's numerator b1/(1 - b1**(t+1)) * mu + (1 - b1)/(1 - b1**t) * g carries its
         # own corrections.
-        sqrt_coef, eps_coef, bc2, nest_mu, nest_g = steps.per_leaf(
+        # (scalars_for: a 0-d leaf keeps its dtype, as with torch's Python-number scalars)
+        sqrt_coef, eps_coef, bc2, nest_mu, nest_g = (k.scalars_for(s, g) for s in steps.per_leaf(
             lambda t: ((1 - b2 ** t).rsqrt() * (1 if nesterov else 1 - b1 ** t),
                        eps * (1 if nesterov else 1 - b1 ** t), 1 - b2 ** t,
-                       b1 / (1 - b1 ** (t + 1)), (1 - b1) / (1 - b1 ** t)), counts, g)
+                       b1 / (1 - b1 ** (t + 1)), (1 - b1) / (1 - b1 ** t)), counts, g))
 
         mu = k.lerp(sel["mu"], k.cast(g, [m.dtype for m in sel["mu"]]), 1 - b1, donate=donate)
         nu = k.mul(sel["nu"], b2, donate=donate)
@@ -173,6 +175,7 @@ def scale_by_rms(decay: float | torch.Tensor = 0.9, eps: float | torch.Tensor = 
         if centered:
             trees["mu"] = state.mu
         sel = select(updates, **trees)
+        sel.check_like_updates(*list(trees)[1:], dtypes=dict.fromkeys(list(trees)[1:], state_dtype))
         g = k.upcast(sel.updates, state_dtype)
         counts = steps.increment(sel["count"], donate=donate)
         nu = k.mul(sel["nu"], decay, donate=donate)

@@ -29,12 +29,26 @@ def _mask_flags(mask: Any, params: Any, updates: Any) -> list[bool]:
     return flags
 
 
+def _decay(us: list, ps: list, wd: Any, donate: bool) -> list:
+    # u + wd * p, skipped where wd is 0 as torch.optim skips it (``weight_decay != 0``, a 0-d
+    # tensor included): 0 * inf would turn an infinite param's update into NaN
+    if not isinstance(wd, torch.Tensor):
+        return k.add(us, ps, wd, donate=donate)
+    if k.writes_in_place(donate) and not torch.compiler.is_compiling():
+        if wd.device.type == "cpu" and not wd.requires_grad and wd.item() == 0:
+            return list(us)  # an eager in-place step reads a CPU scalar with no device sync
+        return k.add(us, ps, wd, donate=True)  # (accelerators: no zero test, no host sync)
+    return k.where(wd != 0, k.add(us, ps, wd), us)
+
+
 def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
                         mask: Any | Callable[[Any], Any] | None = None) -> GradientTransformation:
     """Add ``weight_decay * param`` to each update (L2 regularisation as a gradient term).
 
     Placed before an adaptive transform it is torch.optim's coupled ``weight_decay``;
     placed after it and before the learning rate it is AdamW's decoupled decay.
+    A tensor weight decay holding 0 adds nothing (torch.optim skips the term at 0, so an
+    infinite param keeps a finite update rather than ``0 * inf``).
 
     Args:
       weight_decay: a non-negative number, 0-d tensor or schedule ``count -> value``.
@@ -69,7 +83,7 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
             chosen = range(len(sel))
         wd = value_at(weight_decay, state.count)
         us, ps = sel.updates, sel["params"]
-        decayed = k.add([us[i] for i in chosen], [ps[i] for i in chosen], wd, donate=donate)
+        decayed = _decay([us[i] for i in chosen], [ps[i] for i in chosen], wd, donate)
         new = list(us)
         for i, u in zip(chosen, decayed):
             new[i] = u

@@ -88,6 +88,7 @@ def scale_by_asgd(learning_rate: ScalarOrSchedule = 1e-2, lambd: float | torch.T
         if params is None:
             raise ValueError("scale_by_asgd needs params: call update(updates, state, params)")
         sel = select(updates, count=state.count, eta=state.eta, mu=state.mu, ax=state.ax, params=params)
+        sel.check_like_updates("ax", "params")
         g, ps, etas = sel.updates, sel["params"], sel["eta"]
         lr = value_at(learning_rate, state.schedule_count) if scheduled else learning_rate
         counts = steps.increment(sel["count"], donate=donate)
@@ -106,10 +107,13 @@ def scale_by_asgd(learning_rate: ScalarOrSchedule = 1e-2, lambd: float | torch.T
         decay, neg_eta, mu = (k.scalars_for(s, g) for s in (decay, neg_eta, mu))
 
         step = k.mul(g, neg_eta, donate=donate)  # -eta * g (in g's memory when donated)
-        p_new = k.add(step, ps, decay, donate=donate)  # p * (1 - lambd * eta) - eta * g, there too
-        # lerp with weight 1 is exactly p_new: torch's `ax = p.clone()` while mu == 1
-        ax = k.lerp(sel["ax"], p_new, mu, donate=donate)
-        out = k.sub(p_new, ps, donate=donate)
+        # out = -eta * g + (p * (1 - lambd * eta) - p), there too: the new param is p + out. An
+        # infinite p keeps its value (torch's p.mul_ leaves inf), where p_new - p is inf - inf
+        out = k.add_shrink(step, ps, decay, donate=donate)
+        # ax = lerp(ax, p + out, mu) as lerp(ax, p, mu) + mu * out, with no param-sized
+        # temporary; lerp with weight 1 is exactly p: torch's `ax = p.clone()` while mu == 1
+        ax = k.lerp(sel["ax"], ps, mu, donate=donate)
+        ax = k.add(ax, out, mu, donate=True)
 
         new_state = ScaleByAsgdState(
             count=sel.rebuild(counts, "count"),

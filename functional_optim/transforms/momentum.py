@@ -34,7 +34,11 @@ def trace(decay: float | torch.Tensor, nesterov: bool = False, *, dampening: flo
     ``buf = decay * buf + (1 - dampening) * g``, except that a leaf's first update sets
     ``buf = g`` (torch initialises the buffer with the gradient, undampened). The output
     is ``buf``, or ``g + decay * buf`` with ``nesterov``. With ``dampening=0`` this is
-    optax's ``trace``.
+    optax's ``trace``. Where ``decay`` is 0 (a number, or a 0-d tensor holding 0) the
+    dampening is ignored, as torch.optim.SGD ignores it without momentum: ``buf = g``.
+    A tensor ``decay`` is never read on the host (the 0 test is a mask in the update), so
+    the update stays differentiable in it: its derivative at 0 is the one from above
+    (``buf``), where torch's branch would give 0.
 
     Args:
       decay: momentum coefficient, a number or 0-d tensor >= 0.
@@ -52,7 +56,10 @@ def trace(decay: float | torch.Tensor, nesterov: bool = False, *, dampening: flo
     """
     check_range("decay", decay, 0.0)
     check_range("dampening", dampening, None)
-    undamped = concrete(dampening) == 0.0 and not isinstance(dampening, torch.Tensor)
+    # torch.optim.SGD ignores dampening when momentum is 0 (it checks ``momentum != 0``,
+    # true or false even for a 0-d tensor): buf = g then, whatever the dampening
+    undamped = (concrete(dampening) == 0.0 and not isinstance(dampening, torch.Tensor)
+                or not isinstance(decay, torch.Tensor) and decay == 0)
 
     def init_fn(params):
         return TraceState(trace=zeros_like(params, accumulator_dtype), count=steps.leaf_counts(params))
@@ -60,12 +67,13 @@ def trace(decay: float | torch.Tensor, nesterov: bool = False, *, dampening: flo
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, trace=state.trace, count=state.count)
+        sel.check_like_updates("trace", dtypes=dict(trace=accumulator_dtype))
         g = k.cast(sel.updates, [b.dtype for b in sel["trace"]])
         counts = sel["count"]
         if undamped:
             weight = 1  # the buffer starts at zero, so its first update is exactly g
         else:  # 1 on a leaf's first update, 1 - dampening afterwards
-            weight = steps.per_leaf(lambda t: 1 - dampening * (t != 0).to(t.dtype), counts, g)
+            weight = k.scalars_for(steps.per_leaf(lambda t: 1 - dampening * _damped(t, decay), counts, g), g)
         same_dtype = all(a is b for a, b in zip(g, sel.updates))  # no accumulator_dtype cast
         if donate and undamped and not nesterov and same_dtype:
             # g + decay * buf written into the donated g, then kept as the new buffer:
@@ -93,14 +101,29 @@ def trace(decay: float | torch.Tensor, nesterov: bool = False, *, dampening: flo
     return mark_elementwise(GradientTransformation(init_fn, update_fn))
 
 
+def _damped(t: torch.Tensor, decay: Any) -> torch.Tensor:
+    # 1 where the dampening applies: after a leaf's first update, and (a 0-d tensor decay,
+    # whose value is not read on the host) where the decay is not 0. The mask carries no
+    # derivative, so the update stays differentiable in decay (d/d decay = buf) and in dampening
+    damped = t != 0
+    if isinstance(decay, torch.Tensor):
+        damped = damped & (decay != 0).to(t.device)
+    return damped.to(t.dtype)
+
+
 def ema(decay: float | torch.Tensor, debias: bool = True, *,
-        accumulator_dtype: torch.dtype | None = None) -> GradientTransformation:
+        accumulator_dtype: torch.dtype | None = None, nesterov: bool = False) -> GradientTransformation:
     """Exponential moving average of the updates: ``ema = decay * ema + (1 - decay) * g``.
+
+    Computed as ``ema = lerp(ema, g, 1 - decay)``; with ``nesterov`` the output is
+    ``lerp(g, ema, decay)`` (the average looked one step ahead: torch.optim.Muon's
+    momentum), before any debiasing.
 
     Args:
       decay: a number or 0-d tensor in [0, 1].
       debias: divide by ``1 - decay**t`` (t: the leaf's update count), as in Adam.
       accumulator_dtype: dtype of the average (default: the param's dtype).
+      nesterov: output ``lerp(g, ema, decay)`` instead of ``ema``. Default False.
 
     Example:
       >>> import torch, functional_optim as fo
@@ -109,6 +132,8 @@ def ema(decay: float | torch.Tensor, debias: bool = True, *,
       tensor([2.])
     """
     check_range("decay", decay, 0.0, 1.0, high_inclusive=True)
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
 
     def init_fn(params):
         return EmaState(count=steps.leaf_counts(params), ema=zeros_like(params, accumulator_dtype))
@@ -120,10 +145,12 @@ def ema(decay: float | torch.Tensor, debias: bool = True, *,
         avg = k.lerp(sel["ema"], g, 1 - decay, donate=donate)
         counts = steps.increment(sel["count"], donate=donate)
         out = avg
+        if nesterov:  # a fresh tensor, or g's own buffer when donated
+            out = k.lerp(g, avg, decay, donate=donate and all(a is b for a, b in zip(g, sel.updates)))
         if debias:
             correction = steps.bias_correction(decay, steps.as_float(counts, avg))
-            out = k.div(avg, correction, out=sel.updates if donate else None)
-        elif donate:
+            out = k.div(out, correction, out=sel.updates if donate else None)
+        elif donate and not nesterov:
             out = k.copy(sel.updates, avg)
         return sel.rebuild(out), EmaState(count=sel.rebuild(counts, "count"), ema=sel.rebuild(avg, "ema"))
 

@@ -85,6 +85,7 @@ def scale_by_rprop(learning_rate: ScalarOrSchedule, eta_minus: float | torch.Ten
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra
         sel = select(updates, count=state.count, step_sizes=state.step_sizes, prev_updates=state.prev_updates)
+        sel.check_like_updates("step_sizes", "prev_updates")
         g, prev = sel.updates, sel["prev_updates"]
         lr = value_at(learning_rate, state.schedule_count) if scheduled else learning_rate
         counts = steps.increment(sel["count"], donate=donate)

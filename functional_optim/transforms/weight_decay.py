@@ -94,7 +94,9 @@ def add_decoupled_weight_decay(weight_decay: float | torch.Tensor, learning_rate
         # 1 - r is formed once per step (a Python number, or a 0-d tensor); kernels.add_shrink
         # adds p * (1 - r) - p, which rounds as torch's and timm's p.mul_(1 - r) (-r * p drifts
         # from them: 1.4e-6 after 50 float32 AdamW steps)
-        # (bfloat16/float16 params keep -r * p: rounded there, p * (1 - r) - p is mostly 0)
+        # (bfloat16/float16 params keep -r * p: rounded there, p * (1 - r) - p is mostly 0).
+        # Both read an infinite param's decay as 0: torch's p * (1 - r) stays inf, where
+        # p + (-r * p) would be inf - inf
         rate = decoupled_decay_rate(weight_decay, learning_rate, max_learning_rate)
         ps, us = sel["params"], sel.updates
         exact = [i for i, p in enumerate(ps) if p.dtype not in (torch.bfloat16, torch.float16)]
@@ -105,8 +107,8 @@ def add_decoupled_weight_decay(weight_decay: float | torch.Tensor, learning_rate
                                                 donate=donate)):
                 out[i] = u
         if reduced:
-            for i, u in zip(reduced, k.add([us[i] for i in reduced], [ps[i] for i in reduced], -rate,
-                                           donate=donate)):
+            for i, u in zip(reduced, k.add_finite_scaled([us[i] for i in reduced], [ps[i] for i in reduced],
+                                                         -rate, donate=donate)):
                 out[i] = u
         return sel.rebuild(out), state
 
