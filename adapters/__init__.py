@@ -13,7 +13,8 @@ from .optimizer import FunctionalOptimizer
 from .schedulers import ExponentialLR, LinearLR, ScheduleLR, WarmupCosineSchedule
 from .torch_optim import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop,
                           SparseAdam)
+from .torch_optim_matrix import Adafactor, Muon
 
 __all__ = ["FunctionalOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-           "NAdam", "RAdam", "ASGD", "Rprop", "SparseAdam", "LBFGS",
+           "NAdam", "RAdam", "ASGD", "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon",
            "ScheduleLR", "WarmupCosineSchedule", "LinearLR", "ExponentialLR", "LearningRateFinder"]

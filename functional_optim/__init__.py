@@ -19,6 +19,7 @@ from . import linesearch
 from . import implicit
 from .implicit import custom_root, hvp, solve_cg, solve_normal_cg, stationary_point
 from .aliases import LBFGSState, lbfgs, sparse_adam
+from .aliases import adafactor, muon  # torch.optim's (timm's Adafactor is fo.timm.adafactor)
 from .aliases import novograd  # torch.optim has no Novograd: the name is free at top level
 from .base import (EmptyState, GradientTransformation, OptState, Params, Schedule, ScalarOrSchedule,
                    Updates, identity, is_elementwise, mark_elementwise, set_to_zero, Needs, declare, needs,
@@ -61,6 +62,8 @@ from .transforms import (AddRelativeStepDecayedWeightsState, ScaleByAdahessianSt
                          scale_by_nadam_legacy, scale_by_relative_step_size, scale_by_timm_adam,
                          trace_from_zero)
 from .wrappers import cautious, scale_invariant_projection
+from .transforms import (ScaleByFactoredVarianceState, orthogonalize_newton_schulz, scale_by_factored_variance,
+                         scale_by_shape_adjusted_lr)
 from .schedules import (constant_schedule, cosine_decay_schedule, cosine_onecycle_schedule,
                         exponential_decay, exponential_range_schedule, join_schedules,
                         linear_onecycle_schedule, linear_range_schedule, linear_schedule,
@@ -100,6 +103,8 @@ __all__ = [
     "add_relative_step_decayed_weights", "scale_by_adahessian", "ScaleByMadgradState",
     "ScaleByFactoredRmsState", "ScaleByRelativeStepSizeState", "AddRelativeStepDecayedWeightsState",
     "ScaleByAdahessianState",
+    "adafactor", "muon", "scale_by_factored_variance", "ScaleByFactoredVarianceState",
+    "orthogonalize_newton_schulz", "scale_by_shape_adjusted_lr",
     "AddNoiseState", "NonNegativeParamsState", "ZeroNansState", "adaptive_grad_clip", "add_noise",
     "centralize", "clip_by_block_rms", "keep_params_nonnegative", "scale_by_trust_ratio", "zero_nans",
     "wrappers", *wrappers.__all__,

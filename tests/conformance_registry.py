@@ -667,6 +667,53 @@ NON_TRANSFORMS = {**NON_TRANSFORMS, "ScaleByMadgradState": _STATE, "ScaleByFacto
                   "ScaleByAdahessianState": _STATE}
 
 
+# ---- torch.optim's Adafactor and Muon (fo.adafactor, fo.muon) and their pieces ----
+def _matrix_labels(params: Any) -> Any:
+    return {k: "matrix" if k == "w" else "other" for k in params}
+
+
+def _muon_with_adamw(lr: Any, **kw: Any) -> fo.GradientTransformation:
+    """Muon on the matrix ``w``, AdamW on the rest (Muon refuses non-matrices, as torch's).
+    ``ns_dtype=None`` runs the Newton–Schulz iteration in the params' float64: bfloat16's
+    rounding (torch's choice, the default) makes the step piecewise constant at the 1e-6
+    scale of the finite differences and batched products differ from unbatched ones by
+    bfloat16 ulps; its bit-for-bit equality with torch is tested in
+    tests/test_adafactor_muon.py."""
+    return fo.partition({"matrix": fo.muon(lr, ns_dtype=None, **kw), "other": fo.adamw(lr)}, _matrix_labels)
+
+
+ENTRIES += (
+    Entry("adafactor", "alias", (
+        opt("default", lambda lr: fo.adafactor(lr)),
+        opt("wd_maximize_eps", lambda lr: fo.adafactor(lr, beta2_decay=-0.5, eps=(1e-20, 1e-2), d=1.5,
+                                                        weight_decay=0.1, maximize=True)),
+    )),
+    Entry("scale_by_factored_variance", "transform", (
+        tx("torch", fo.scale_by_factored_variance),
+        tx("timm_dims_eps", lambda: fo.scale_by_factored_variance(-0.5, 1e-20, factor_dims="timm",
+                                                                  min_dim_size_to_factor=1)),
+    )),
+    Entry("muon", "alias", (
+        opt("with_adamw", lambda lr: _muon_with_adamw(lr)),
+        opt("plain_momentum_match_rms", lambda lr: _muon_with_adamw(lr, nesterov=False, weight_decay=0.0,
+                                                                    adjust_lr_fn="match_rms_adamw")),
+    )),
+    Entry("orthogonalize_newton_schulz", "transform", (
+        tx("float64", lambda: fo.masked(fo.orthogonalize_newton_schulz(dtype=None), _w_mask)),
+        tx("cubic_eps", lambda: fo.masked(fo.orthogonalize_newton_schulz((1.5, -0.5, 0.0), 4, 1e-3, dtype=None),
+                                          _w_mask)),
+    )),
+    Entry("scale_by_shape_adjusted_lr", "transform", (
+        opt("original", lambda lr: fo.partition({"matrix": fo.chain(fo.scale_by_shape_adjusted_lr(lr), fo.scale(-1.0)),
+                                                 "other": fo.scale_by_learning_rate(lr)}, _matrix_labels)),
+        opt("match_rms_adamw", lambda lr: fo.partition({
+            "matrix": fo.chain(fo.scale_by_shape_adjusted_lr(lr, "match_rms_adamw"), fo.scale(-1.0)),
+            "other": fo.scale_by_learning_rate(lr)}, _matrix_labels)),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "ScaleByFactoredVarianceState": _STATE}
+
+
 def public_names() -> set[str]:
     """``fo.__all__`` and every public attribute of the package."""
     return set(fo.__all__) | {n for n in dir(fo) if not n.startswith("_")}

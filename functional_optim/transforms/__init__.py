@@ -27,6 +27,9 @@ from .factored import ScaleByFactoredRmsState, scale_by_factored_rms
 from .relative_step import (AddRelativeStepDecayedWeightsState, ScaleByRelativeStepSizeState,
                             add_relative_step_decayed_weights, scale_by_relative_step_size)
 from .adahessian import ScaleByAdahessianState, scale_by_adahessian
+from .factored_variance import ScaleByFactoredVarianceState, scale_by_factored_variance
+from .newton_schulz import orthogonalize_newton_schulz
+from .shape_scaling import scale_by_shape_adjusted_lr
 
 __all__ = [
     "ScaleByAdaDeltaState", "ScaleByAdamaxState", "ScaleByRssState", "scale_by_adadelta",
@@ -49,4 +52,6 @@ __all__ = [
     "ScaleByMadgradState", "scale_by_madgrad", "ScaleByFactoredRmsState", "scale_by_factored_rms",
     "AddRelativeStepDecayedWeightsState", "ScaleByRelativeStepSizeState", "add_relative_step_decayed_weights",
     "scale_by_relative_step_size", "ScaleByAdahessianState", "scale_by_adahessian",
+    "ScaleByFactoredVarianceState", "scale_by_factored_variance", "orthogonalize_newton_schulz",
+    "scale_by_shape_adjusted_lr",
 ]

@@ -68,6 +68,63 @@ def last_two_factor_dims(shape: Sequence[int], min_dim_size_to_factor: int) -> t
 _FACTOR_RULES = {"timm": timm_factor_dims, "last_two": last_two_factor_dims}
 
 
+def factor_dims_of(factor_dims: FactorDims, min_dim_size_to_factor: int
+                   ) -> Callable[[torch.Tensor], tuple[int, int] | None]:
+    """The validated rule ``param -> (dim_col, dim_row) | None`` of a ``factor_dims``
+    option (``"timm"``, ``"last_two"`` or a callable ``(shape, min_dim_size_to_factor)``),
+    shared by the factored second moments (:func:`scale_by_factored_rms`,
+    :func:`~functional_optim.scale_by_factored_variance`).
+
+    Example:
+      >>> import torch
+      >>> from functional_optim.transforms.factored import factor_dims_of
+      >>> factor_dims_of("last_two", 0)(torch.zeros(2, 3, 4)), factor_dims_of("last_two", 0)(torch.zeros(3))
+      ((1, 2), None)
+    """
+    if isinstance(min_dim_size_to_factor, bool) or not isinstance(min_dim_size_to_factor, int) \
+            or min_dim_size_to_factor < 0:
+        raise ValueError(f"min_dim_size_to_factor must be an int >= 0, got {min_dim_size_to_factor!r}")
+    if isinstance(factor_dims, str):
+        if factor_dims not in _FACTOR_RULES:
+            raise ValueError(f"factor_dims must be 'timm', 'last_two' or a callable, got {factor_dims!r}")
+        rule = _FACTOR_RULES[factor_dims]
+    elif callable(factor_dims):
+        rule = factor_dims
+    else:
+        raise TypeError(f"factor_dims must be 'timm', 'last_two' or a callable, got {type(factor_dims).__name__}")
+
+    def dims_of(p: torch.Tensor) -> tuple[int, int] | None:
+        dims = rule(tuple(p.shape), min_dim_size_to_factor)
+        if dims is not None:
+            dim_col, dim_row = dims
+            if not 0 <= dim_col < dim_row < p.dim():
+                raise ValueError(f"factor_dims returned {dims} for a param of shape {tuple(p.shape)}: "
+                                 "need 0 <= dim_col < dim_row < ndim")
+        return dims
+
+    return dims_of
+
+
+def factored_zeros(params: Any, dims_of: Callable[[torch.Tensor], Any],
+                   reduced: Callable[[Sequence[int], int], Sequence[int]]) -> tuple[Any, Any, Any]:
+    """Zero row, column and full second moments for ``params``: a factored leaf (``dims_of``
+    gives its (row, col) dims) gets a row and a column statistic shaped by
+    ``reduced(shape, dim)`` (the shape with ``dim`` reduced), any other a full one; None
+    where a leaf has none."""
+    def row(p):
+        d = None if p is None else dims_of(p)
+        return None if d is None else p.new_zeros(reduced(p.shape, d[1]))
+
+    def col(p):
+        d = None if p is None else dims_of(p)
+        return None if d is None else p.new_zeros(reduced(p.shape, d[0]))
+
+    def full(p):
+        return None if p is None or dims_of(p) is not None else torch.zeros_like(p)
+
+    return tuple(optree.tree_map(f, params, none_is_leaf=True) for f in (row, col, full))
+
+
 def _remove(shape: Sequence[int], dim: int) -> tuple[int, ...]:
     return tuple(shape[:dim]) + tuple(shape[dim + 1:])
 
@@ -124,45 +181,11 @@ def scale_by_factored_rms(decay_rate: float | torch.Tensor = -0.8, eps: float | 
     """
     check_range("decay_rate", decay_rate, None, 0.0, high_inclusive=True)
     check_range("eps", eps, 0.0)
-    if isinstance(min_dim_size_to_factor, bool) or not isinstance(min_dim_size_to_factor, int) \
-            or min_dim_size_to_factor < 0:
-        raise ValueError(f"min_dim_size_to_factor must be an int >= 0, got {min_dim_size_to_factor!r}")
-    if isinstance(factor_dims, str):
-        if factor_dims not in _FACTOR_RULES:
-            raise ValueError(f"factor_dims must be 'timm', 'last_two' or a callable, got {factor_dims!r}")
-        rule = _FACTOR_RULES[factor_dims]
-    elif callable(factor_dims):
-        rule = factor_dims
-    else:
-        raise TypeError(f"factor_dims must be 'timm', 'last_two' or a callable, got {type(factor_dims).__name__}")
+    dims_of = factor_dims_of(factor_dims, min_dim_size_to_factor)
     check_number("decay_rate", decay_rate)
 
-    def dims_of(p: torch.Tensor) -> tuple[int, int] | None:
-        dims = rule(tuple(p.shape), min_dim_size_to_factor)
-        if dims is not None:
-            dim_col, dim_row = dims
-            if not 0 <= dim_col < dim_row < p.dim():
-                raise ValueError(f"factor_dims returned {dims} for a param of shape {tuple(p.shape)}: "
-                                 "need 0 <= dim_col < dim_row < ndim")
-        return dims
-
     def init_fn(params):
-        def row(p):
-            d = None if p is None else dims_of(p)
-            return None if d is None else p.new_zeros(_remove(p.shape, d[1]))
-
-        def col(p):
-            d = None if p is None else dims_of(p)
-            return None if d is None else p.new_zeros(_remove(p.shape, d[0]))
-
-        def full(p):
-            return None if p is None or dims_of(p) is not None else torch.zeros_like(p)
-
-        def tmap(f):
-            return optree.tree_map(f, params, none_is_leaf=True)
-
-        return ScaleByFactoredRmsState(count=steps.leaf_counts(params), v_row=tmap(row), v_col=tmap(col),
-                                       v=tmap(full))
+        return ScaleByFactoredRmsState(steps.leaf_counts(params), *factored_zeros(params, dims_of, _remove))
 
     def update_fn(updates, state, params=None, *, donate=False, **extra):
         del params, extra

@@ -50,13 +50,14 @@ def _param_rms(ps: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _step_sizes(counts: list[torch.Tensor], ps: list[torch.Tensor], rms: list[torch.Tensor], lr: Any,
-                eps_scale: Any, scale_parameter: bool, warmup_init: bool) -> list[torch.Tensor]:
+                eps_scale: Any, scale_parameter: bool, warmup_init: bool,
+                max_relative_step: Any = 1e-2) -> list[torch.Tensor]:
     # one float64 0-d step size per leaf (timm's lr_t)
     if lr is not None:
         return steps.per_leaf(lambda t: torch.zeros_like(t) + lr, counts, ps)
 
     def sizes(t, *r):
-        min_step = 1e-6 * t if warmup_init else torch.full_like(t, 1e-2)
+        min_step = 1e-6 * t if warmup_init else torch.zeros_like(t) + max_relative_step
         lr_t = torch.minimum(min_step, 1.0 / torch.sqrt(t))
         if scale_parameter:
             lr_t = lr_t * torch.maximum(torch.zeros_like(t) + eps_scale, r[0])
@@ -66,7 +67,8 @@ def _step_sizes(counts: list[torch.Tensor], ps: list[torch.Tensor], rms: list[to
 
 
 def scale_by_relative_step_size(lr: float | torch.Tensor | None = None, eps_scale: float | torch.Tensor = 1e-3,
-                                scale_parameter: bool = True, warmup_init: bool = False) -> GradientTransformation:
+                                scale_parameter: bool = True, warmup_init: bool = False, *,
+                                max_relative_step: float | torch.Tensor = 1e-2) -> GradientTransformation:
     r"""Multiply each param's update by Adafactor's step size (``timm.optim.Adafactor``'s rule).
 
     Per leaf at its step :math:`t` (from 1), with :math:`\mathrm{RMS}(p) = \lVert p \rVert_2 /
@@ -74,12 +76,14 @@ def scale_by_relative_step_size(lr: float | torch.Tensor | None = None, eps_scal
 
     .. math::
 
-        \rho_t &= \min(10^{-6} t \text{ if warmup\_init else } 10^{-2},\ 1/\sqrt{t}) \\
+        \rho_t &= \min(10^{-6} t \text{ if warmup\_init else } \rho_{\max},\ 1/\sqrt{t}) \\
         \eta_t &= \rho_t \cdot \max(\epsilon_{scale}, \mathrm{RMS}(p)) \text{ with scale\_parameter,
             else } \rho_t \qquad (\text{relative step: } lr = \text{None}) \\
         \eta_t &= lr \qquad (\text{external learning rate}) \\
         u &\leftarrow \eta_t\, u
 
+    timm fixes :math:`\rho_{\max} = 10^{-2}`; ``torch.optim.Adafactor`` uses its ``lr``
+    there (:func:`~functional_optim.adafactor` passes ``max_relative_step=lr``, ``eps_scale=eps[1]``).
     The output is not negated (chain ``scale(-1)`` to descend). As in timm,
     ``scale_parameter`` and ``warmup_init`` apply to the relative step only. Declares
     ``Needs.LEAVES``: one scalar of state per param (the RMS).
@@ -90,6 +94,8 @@ def scale_by_relative_step_size(lr: float | torch.Tensor | None = None, eps_scal
       scale_parameter: scale the relative step by the param's RMS. Default True.
       warmup_init: warm the relative step up linearly (``1e-6 * t``); needs ``lr=None``.
         Default False.
+      max_relative_step: :math:`\rho_{\max}` >= 0, the cap of the relative step without
+        warmup (a number or 0-d tensor). Default 1e-2 (timm's constant).
 
     References:
       Shazeer & Stern, *Adafactor: Adaptive Learning Rates with Sublinear Memory Cost*,
@@ -104,6 +110,7 @@ def scale_by_relative_step_size(lr: float | torch.Tensor | None = None, eps_scal
       (tensor([0.0200, 0.0200, 0.0200, 0.0200]), tensor(2.))
     """
     _check(lr, eps_scale, scale_parameter, warmup_init)
+    check_range("max_relative_step", max_relative_step, 0.0)
 
     def init_fn(params):
         rms = optree.tree_map(lambda p: None if p is None else torch.zeros((), dtype=_rms_dtype(p), device=p.device),
@@ -121,7 +128,8 @@ def scale_by_relative_step_size(lr: float | torch.Tensor | None = None, eps_scal
         ps = sel["params"]
         counts = steps.increment(sel["count"], donate=donate)
         rms = k.cast(_param_rms(ps), [r.dtype for r in sel["rms"]])
-        lr_t = k.scalars_for(_step_sizes(counts, ps, rms, lr, eps_scale, scale_parameter, warmup_init), u)
+        lr_t = k.scalars_for(_step_sizes(counts, ps, rms, lr, eps_scale, scale_parameter, warmup_init,
+                                         max_relative_step), u)
         out = k.mul(u, lr_t, donate=donate)
         return sel.rebuild(out), ScaleByRelativeStepSizeState(count=sel.rebuild(counts, "count"),
                                                               rms=sel.rebuild(rms, "rms"))
