@@ -52,6 +52,9 @@ class LBFGS(_TorchCompatible):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if getattr(self, "_groups", None):
+            # torch's checks of the group first (duplicate params, names): torch reports those
+            torch.optim.Optimizer.add_param_group(self, param_group)
+            self.param_groups.pop()
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
         super().add_param_group(param_group)
 
@@ -116,9 +119,12 @@ class LBFGS(_TorchCompatible):
         }
         for name in _HISTORY:
             out[name] = [entry[_S + name][r] for r in rows]
+        if out["n_iter"] >= 2:  # torch keeps the last two-loop's coefficients from its second iteration on
+            out["al"] = _two_loop_coefficients(out, size)
         return out
 
     def _import_entry(self, entry: Entry) -> Entry:
+        # torch's "al" is scratch of the two-loop recursion (written before it is read): not state
         if not entry:
             return {}
         out: Entry = {_S + name: torch.as_tensor(entry[name]) for name in ("func_evals", "n_iter")}
@@ -139,3 +145,18 @@ class LBFGS(_TorchCompatible):
         out.update({_S + "old_dirs": dirs, _S + "old_stps": stps, _S + "ro": ro,
                     _S + "history_len": torch.tensor(length), _S + "history_start": torch.tensor(0)})
         return out
+
+
+def _two_loop_coefficients(entry: Entry, size: int) -> list[torch.Tensor | None]:
+    """torch's ``state["al"]``: the first loop's coefficients of the last L-BFGS direction,
+    recomputed from the history and the gradient it was computed from (``prev_flat_grad``,
+    which the last iteration set right after it), in torch's order of operations:
+    ``q = -g``, then for the newest entry ``i`` down to the oldest
+    ``al[i] = <s_i, q> * ro_i`` and ``q -= al[i] * y_i``. Entries past the history are None.
+    """
+    al: list[torch.Tensor | None] = [None] * size
+    q = entry["prev_flat_grad"].neg()
+    for i in range(len(entry["old_dirs"]) - 1, -1, -1):
+        al[i] = entry["old_stps"][i].dot(q) * entry["ro"][i]
+        q.add_(entry["old_dirs"][i], alpha=-al[i])
+    return al

@@ -8,6 +8,9 @@ the names of the matching state leaves (``"<StateClass>.<field>"``, see ``state_
 torch's fused kernels (Adam, AdamW, SGD, Adagrad: ``adapters.fused``); ``capturable`` and
 ``differentiable`` are refused (differentiate through steps with functional_optim
 directly). ``compile=True`` selects the compiled step (see FunctionalOptimizer).
+RMSprop, Adadelta, Adamax, NAdam and ASGD run their eager steps as torch's for-loop in
+place on their state (``adapters.eager_steps``; no switch: torch's classes take no
+``fused``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 import functional_optim as fo
 
+from . import torch_checks
 from .optimizer import Entry, FunctionalOptimizer
 
 _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
@@ -28,6 +32,12 @@ def _torch_step(count: torch.Tensor) -> torch.Tensor:
     """Our int32 step counter as torch's float ``step`` tensor."""
     dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
     return count.detach().to(dtype=dtype, device="cpu").clone()
+
+
+def _torch_name(cls: type) -> str:
+    """The torch.optim class a drop-in (or a user's subclass of one) stands for."""
+    return next((c.__name__ for c in cls.__mro__
+                 if c.__module__ in ("adapters.torch_optim", "adapters.lbfgs", "adapters.torch_optim_matrix")), "")
 
 
 class _TorchCompatible(FunctionalOptimizer):
@@ -43,9 +53,12 @@ class _TorchCompatible(FunctionalOptimizer):
     _eager_state = False  # torch creates state at a param's first step (Adagrad: at construction)
     _int_step = False  # torch keeps ``step`` as a Python int (SparseAdam) rather than a tensor
     _fixed_keys: dict[str, Any] = {}  # group keys torch's class always sets (AdamW's decoupled_weight_decay)
+    _tracks_steps = False  # ``state`` lists a param when its exported entry is non-empty (see _export_entry)
 
     def _setup(self, params: Iterable[Any], factory: Callable[..., fo.GradientTransformation],
                arguments: dict[str, Any], compile: bool) -> None:
+        # torch's checks come first, before the params are looked at (as in torch)
+        torch_checks.check_arguments(_torch_name(type(self)), arguments)
         flags = {name: arguments.pop(name) for name in _TORCH_FLAGS if name in arguments}
         for flag in ("capturable", "differentiable"):
             if flags.get(flag):
@@ -112,8 +125,7 @@ class SGD(_TorchCompatible):
         # torch keeps a momentum buffer only once a param has had a step
         if "TraceState.trace" not in entry:
             return {}
-        started = bool(entry["TraceState.count"] > 0)
-        return {"momentum_buffer": entry["TraceState.trace"] if started else None}
+        return {"momentum_buffer": entry["TraceState.trace"]} if bool(entry["TraceState.count"] > 0) else {}
 
     def _import_entry(self, entry: Entry) -> Entry:
         buf = entry.get("momentum_buffer")
@@ -206,6 +218,7 @@ class RMSprop(_TorchCompatible):
     _state_keys = {"step": ("ScaleByRmsState.count",), "square_avg": ("ScaleByRmsState.nu",),
                    "grad_avg": ("ScaleByRmsState.mu",),
                    "momentum_buffer": ("TraceState.trace",)}
+    _fused_family = "rmsprop"  # eager steps: torch's for-loop in place (adapters.eager_steps)
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0, centered: bool = False,
@@ -267,6 +280,7 @@ class Adadelta(_TorchCompatible):
 
     _state_keys = {"step": ("ScaleByAdaDeltaState.count",), "square_avg": ("ScaleByAdaDeltaState.e_g",),
                    "acc_delta": ("ScaleByAdaDeltaState.e_x",)}
+    _fused_family = "adadelta"  # eager steps: torch's for-loop in place (adapters.eager_steps)
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1.0, rho: float = 0.9,
                  eps: float = 1e-6, weight_decay: float = 0, foreach: bool | None = None, *,
@@ -293,6 +307,7 @@ class Adamax(_TorchCompatible):
 
     _state_keys = {"step": ("ScaleByAdamaxState.count",), "exp_avg": ("ScaleByAdamaxState.mu",),
                    "exp_inf": ("ScaleByAdamaxState.nu",)}
+    _fused_family = "adamax"  # eager steps: torch's for-loop in place (adapters.eager_steps)
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 2e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
@@ -319,6 +334,7 @@ class NAdam(_TorchCompatible):
 
     _state_keys = {"step": ("ScaleByNadamState.count",), "exp_avg": ("ScaleByNadamState.mu",),
                    "exp_avg_sq": ("ScaleByNadamState.nu",), "mu_product": ("ScaleByNadamState.mu_product",)}
+    _fused_family = "nadam"  # eager steps: torch's for-loop in place (adapters.eager_steps)
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 2e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
@@ -375,6 +391,7 @@ class ASGD(_TorchCompatible):
 
     _state_keys = {"step": ("ScaleByAsgdState.count",), "eta": ("ScaleByAsgdState.eta",),
                    "mu": ("ScaleByAsgdState.mu",), "ax": ("ScaleByAsgdState.ax",)}
+    _fused_family = "asgd"  # eager steps: torch's for-loop in place (adapters.eager_steps)
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, lambd: float = 1e-4,
                  alpha: float = 0.75, t0: float = 1e6, weight_decay: float = 0, foreach: bool | None = None,

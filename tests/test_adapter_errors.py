@@ -78,8 +78,10 @@ def test_empty_param_list():
 
 def test_invalid_values_name_the_argument():
     params = leaves(make_params())
-    with pytest.raises(ValueError, match="Invalid lr: -1.0"):
+    with pytest.raises(ValueError, match="Invalid learning rate: -1.0"):  # torch's message (drop-in)
         adapters.Adam(params, lr=-1.0)
+    with pytest.raises(ValueError, match="Invalid lr: -1.0"):
+        adapters.FunctionalOptimizer(params, fo.adam, lr=-1.0)
     with pytest.raises(ValueError, match="Invalid momentum"):
         adapters.SGD(params, lr=0.1, momentum=-0.5)
     with pytest.raises(ValueError, match="capturable=True is not supported"):
