@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -13,10 +14,16 @@ from torch.optim.optimizer import required
 import functional_optim as fo
 from functional_optim import kernels as k
 
-from . import engines
+from . import engines, pickling
 from .hyperparams import GroupHyperparams, check_transform, factory_defaults, structure_key
+from .state_view import OptimizerState
 
 Entry = dict[str, Any]
+
+
+def _flags(values: list[bool]) -> torch.Tensor:
+    """Per-param flags as a CPU bool tensor (see :meth:`_Group.step`)."""
+    return torch.tensor(values, dtype=torch.bool)
 
 
 @dataclass
@@ -40,7 +47,10 @@ class _Group:
     committed (:meth:`commit`, which cannot fail).
     """
 
-    def __init__(self, opt: FunctionalOptimizer, group: dict[str, Any]):
+    def __init__(self, opt: FunctionalOptimizer, group: dict[str, Any], entries: list[Entry] | None = None,
+                 stepped: list[bool] | None = None):
+        """A new group holding the named per-param ``entries`` (default: the initial state);
+        ``stepped``: which params have stepped (torch lists only those in ``state``)."""
         self.opt = opt
         params = list(group["params"])
         key, hyper, tx = self.build(group)
@@ -48,7 +58,9 @@ class _Group:
         engine = engines.choose(opt._compile, tx, params, lazy)
         self.engine: engines.Engine = engine
         self.eager: tuple[Any, fo.GradientTransformation] | None = None  # (kwargs, tx) with numbers
-        self.commit(self.plan(group, [{} for _ in params], engine=engine, built=(key, hyper, tx)))
+        self.stepped = _flags(stepped if stepped is not None else [False] * len(params))
+        entries = entries if entries is not None else [{} for _ in params]
+        self.commit(self.plan(group, entries, engine=engine, built=(key, hyper, tx)))
 
     # -- transitions: plan, then commit -----------------------------------------------
 
@@ -102,11 +114,42 @@ class _Group:
         self.commit(self.plan(group, self.entries(group["params"]), engine=engines.CompiledEngine(),
                               built=built))
 
+    def assign(self, group: dict[str, Any], index: int, entry: Entry | None) -> None:
+        """Give param ``index`` the named state ``entry`` (None: its initial state), keeping
+        the transform and the engine (a compiled step is not recompiled). A value the param
+        shares with others (a group-wide leaf, a flat bucket's step count) changes for all
+        of them: it is one value in the state."""
+        params = list(group["params"])
+        entries = self.entries(params)
+        current, new = entries[index], dict(entry or {})
+        for j, other in enumerate(entries):
+            for name, value in new.items():
+                if j != index and name in current and other.get(name) is current[name]:
+                    other[name] = value
+        entries[index] = new
+        self.commit(self.plan(group, entries, engine=self.engine, built=(self.key, self.hyper, self.tx)))
+        self.stepped[index] = entry is not None
+
+    def reset(self, group: dict[str, Any]) -> None:
+        """Every param back to its initial state (torch's ``state.clear()``)."""
+        params = list(group["params"])
+        self.commit(self.plan(group, [{} for _ in params], engine=self.engine,
+                              built=(self.key, self.hyper, self.tx)))
+        self.stepped = _flags([False] * len(params))
+
     # -- state in per-param form ----------------------------------------------------
 
     def entries(self, params: list[torch.Tensor]) -> list[Entry]:
         used = self.engine.entries(self.state, list(params))
         return [{**dormant, **u} for dormant, u in zip(self.dormant, used)]
+
+    def snapshot(self, params: list[torch.Tensor]) -> tuple[list[Entry], list[bool]]:
+        """The state as per-param entries with no views into shared buffers (a pickle of a
+        view would store its whole buffer), and the stepped flags: what unpickling
+        rebuilds the group from."""
+        entries = [{n: v.clone() if isinstance(v, torch.Tensor) and v._base is not None else v
+                    for n, v in e.items()} for e in self.entries(params)]
+        return entries, self.stepped.tolist()
 
     # -- stepping -------------------------------------------------------------------
 
@@ -124,6 +167,13 @@ class _Group:
         call = engines.StepCall(group, self.tx, lambda: self.eager_transform(group), extra,
                                 self.opt._fused_family, self.opt._donate_grads)
         self.state = self.engine.step(call, params, grads, self.state)
+        # as torch, a param's state exists from its first step with a grad; the flags are a
+        # tensor updated in place, so a user's torch.compile of the step guards on nothing here
+        with_grad = [p.grad is not None for p in params]
+        if all(with_grad):
+            self.stepped.fill_(True)
+        else:
+            self.stepped.logical_or_(_flags(with_grad))
 
     def eager_transform(self, group: dict[str, Any]) -> fo.GradientTransformation:
         """The transform built from plain numbers (same structure and state as ``self.tx``);
@@ -182,7 +232,7 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     """
 
     _passthrough: dict[str, Any] = {}  # torch-only group keys kept for drop-in compatibility
-    _fused_family: str | None = None  # "adam", "sgd", "adagrad": eager steps may run torch's fused kernels (adapters.fused)
+    _fused_family: str | None = None  # "adam", "sgd", "adagrad": eager steps may run torch's fused kernels (adapters.fused); "rmsprop", ...: adapters.eager_steps
 
     def __init__(self, params: Iterable[Any], transform: Any, *, compile: bool = False,
                  donate_grads: bool = False, **hyperparams: Any):
@@ -217,20 +267,72 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             self.param_groups.pop()
             raise
 
-    # -- torch.optim's state view ------------------------------------------------------
+    # -- torch.optim's state mapping -----------------------------------------------------
 
     @property
-    def state(self) -> dict[torch.Tensor, Entry]:  # type: ignore[override]
-        """Per-param state by name (read-only view, built on access)."""
-        out = {}
-        for group, rt in zip(self.param_groups, getattr(self, "_groups", [])):
-            for p, entry in zip(group["params"], rt.entries(group["params"])):
-                out[p] = self._export_entry(entry)
-        return out
+    def state(self) -> OptimizerState:  # type: ignore[override]
+        """Per-param state as torch's: a mapping param -> entry listing the params that have
+        stepped, whose tensors are the state and whose assignment loads into it
+        (:mod:`adapters.state_view`)."""
+        view = self.__dict__.get("_state_view")
+        if view is None:
+            view = self.__dict__["_state_view"] = OptimizerState(self)
+        return view
 
     @state.setter
-    def state(self, value: Any) -> None:  # torch's base __init__ assigns an empty dict
-        pass
+    def state(self, value: Any) -> None:
+        # torch's base __init__ assigns an empty defaultdict (nothing to load then); a user's
+        # ``opt.state = {...}`` replaces the whole state, as in torch
+        if value is self.__dict__.get("_state_view") or not getattr(self, "_groups", None):
+            return
+        entries = {p: dict(e) for p, e in value.items()}
+        self._reset_state()
+        for p, entry in entries.items():
+            self._assign_entry(p, entry)
+
+    _tracks_steps = True  # list a param once it stepped; drop-ins: once their exported entry is non-empty
+
+    def _listed(self, rt: _Group, index: int, exported: Entry) -> bool:
+        return bool(exported) and (bool(rt.stepped[index]) or not self._tracks_steps)
+
+    def _locate(self, param: torch.Tensor) -> tuple[int, int] | None:
+        """(group, position) of ``param`` in ``param_groups``, None if it is not one of ours."""
+        for g, group in enumerate(self.param_groups):
+            for i, p in enumerate(group["params"]):
+                if p is param:
+                    return g, i
+        return None
+
+    def _exported_entry(self, param: torch.Tensor) -> Entry | None:
+        """``param``'s state in this class's format, None if torch would not list it."""
+        where = self._locate(param)
+        if where is None:
+            return None
+        group, rt = self.param_groups[where[0]], self._groups[where[0]]
+        exported = self._export_entry(rt.entries(group["params"])[where[1]])
+        return exported if self._listed(rt, where[1], exported) else None
+
+    def _exported_entries(self) -> list[tuple[torch.Tensor, Entry]]:
+        """(param, exported entry) for every listed param, in param_groups order."""
+        out = []
+        for group, rt in zip(self.param_groups, getattr(self, "_groups", [])):
+            for i, (p, entry) in enumerate(zip(group["params"], rt.entries(group["params"]))):
+                exported = self._export_entry(entry)
+                if self._listed(rt, i, exported):
+                    out.append((p, exported))
+        return out
+
+    def _assign_entry(self, param: torch.Tensor, entry: Entry | None) -> None:
+        """Load ``entry`` (this class's format; None: reset) as ``param``'s state."""
+        where = self._locate(param)
+        if where is None:
+            raise KeyError("optimizer.state: the tensor is not a parameter of this optimizer")
+        imported = None if entry is None else self._import_entry(entry)
+        self._groups[where[0]].assign(self.param_groups[where[0]], where[1], imported)
+
+    def _reset_state(self) -> None:
+        for group, rt in zip(self.param_groups, self._groups):
+            rt.reset(group)
 
     def _export_entry(self, entry: Entry) -> Entry:
         """Per-param state in this class's state_dict format (drop-ins: torch's keys)."""
@@ -261,7 +363,19 @@ class FunctionalOptimizer(torch.optim.Optimizer):
     # -- checkpoints ----------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's format: ``{'state': {index: {name: tensor}}, 'param_groups': [...]}``."""
+        """torch's format: ``{'state': {index: {name: tensor}}, 'param_groups': [...]}``,
+        ``state`` holding the params listed in :attr:`state`. Runs the state_dict pre-hooks
+        before and the post-hooks after (a post-hook may return a new state_dict), as torch."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        state_dict = self._build_state_dict()
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def _build_state_dict(self) -> dict[str, Any]:
         index: dict[int, int] = {}
         groups = []
         for group in self.param_groups:
@@ -269,17 +383,26 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             packed["params"] = [index.setdefault(id(p), len(index)) for p in group["params"]]
             groups.append(packed)
         state = {}
-        for group, rt in zip(self.param_groups, self._groups):
-            for p, entry in zip(group["params"], rt.entries(group["params"])):
-                exported = self._export_entry(entry)
-                if exported:
-                    state[index[id(p)]] = exported
+        for p, exported in self._exported_entries():
+            state[index[id(p)]] = exported
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict (this class's or, for drop-ins, torch's). Validated in full
-        before anything changes: on error the optimizer is left as it was."""
-        saved_groups = state_dict["param_groups"]
+        before anything changes: on error the optimizer is left as it was. As torch: the
+        load_state_dict pre-hooks see a shallow copy (and may return a new one), the saved
+        groups are deep-copied, the post-hooks run after."""
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self._load(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load(self, state_dict: dict[str, Any]) -> None:
+        saved_groups = copy.deepcopy(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups "
                              f"({len(saved_groups)} vs {len(self.param_groups)})")
@@ -294,11 +417,48 @@ class FunctionalOptimizer(torch.optim.Optimizer):
             new_group = {**{key: v for key, v in saved.items() if key != "params"}, "params": group["params"]}
             if "param_names" in group and "param_names" not in saved:
                 new_group["param_names"] = group["param_names"]
-            entries = [self._import_entry(saved_state.get(idx, saved_state.get(str(idx), {})))
-                       for idx in saved["params"]]
-            plans.append((new_group, rt, entries))
-        built = [rt.plan(new_group, entries) for new_group, rt, entries in plans]  # raises before any change
-        for (new_group, rt, _), plan, group in zip(plans, built, self.param_groups):
+            saved_entries = [saved_state.get(idx, saved_state.get(str(idx))) or {} for idx in saved["params"]]
+            entries = [self._import_entry(entry) for entry in saved_entries]
+            plans.append((new_group, rt, entries, [bool(entry) for entry in saved_entries]))
+        built = [rt.plan(new_group, entries) for new_group, rt, entries, _ in plans]  # raises before any change
+        for (new_group, rt, _, stepped), plan, group in zip(plans, built, self.param_groups):
             group.clear()
             group.update(new_group)
             rt.commit(plan)
+            rt.stepped = _flags(stepped)
+
+    # -- pickling -------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling and ``copy.deepcopy`` keep: as torch, the groups and the state
+        but not the hooks; here each group's state as per-param entries (the engine, its
+        flat buffers and compiled step are rebuilt on unpickling) and the transform in a
+        portable form (its functions are closures, see :mod:`adapters.pickling`)."""
+        state = {key: v for key, v in self.__dict__.items() if key not in _NOT_PICKLED}
+        state["_groups"] = [rt.snapshot(group["params"]) for group, rt in zip(self.param_groups, self._groups)]
+        state["_fixed"], state["_factory"] = pickling.portable(self._fixed), pickling.portable(self._factory)
+        # schedules given as hyperparameters are closures too
+        state["defaults"] = _portable_callables(self.defaults)
+        state["param_groups"] = [_portable_callables(group) for group in self.param_groups]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        snapshots = state.pop("_groups")
+        had_flag = "differentiable" in state["defaults"]
+        super().__setstate__(state)  # torch's: empty hook dicts, the step wrapper
+        if not had_flag:  # torch adds it to its own defaults; ours are the factory's arguments
+            self.defaults.pop("differentiable", None)
+        self._groups = [_Group(self, group, entries, stepped)
+                        for group, (entries, stepped) in zip(self.param_groups, snapshots)]
+
+
+def _portable_callables(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: pickling.portable(v) if callable(v) else v for key, v in values.items()}
+
+
+# torch's __getstate__ keeps neither the hooks nor anything but groups, defaults and state
+_NOT_PICKLED = frozenset({"_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
+                          "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
+                          "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks",
+                          "_state_view", "_groups"})
