@@ -404,6 +404,26 @@ def test_reducing_chain_compiles_to_one_graph_of_the_same_size_for_3_and_150_par
     assert seen[3] == seen[150]
 
 
+def test_compiled_trust_ratio_step_allocates_nothing_param_sized():
+    # LAMB's update is read by its per-param norms and again after them: inductor must
+    # recompute it rather than store it in a buffer allocated every step (the graph's
+    # buffers are allocated by its generated code, which the profiler does not see)
+    import re
+    from torch._inductor.utils import run_and_get_code
+    params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
+              for i, s in enumerate([(256, 64), (64,), (128, 32)])]
+    opt = adapters.FunctionalOptimizer(params, fo.timm.lamb, compile=True, lr=1e-2)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        _, codes = run_and_get_code(opt.step)
+    assert opt._groups[0].engine.kind == "flat" and len(codes) == 1
+    shapes = re.findall(r"empty_strided_cpu\(\(([0-9, ]*)\)", codes[0])
+    numels = [torch.Size(int(d) for d in shape.split(",") if d.strip()).numel() for shape in shapes]
+    assert numels and max(numels) < 64 * 32  # per-block scalars only, nothing near a param
+
+
 # ---------------------------------------------------------------------------------
 # Per-param scalar state (NovoGrad's second moment) on the flat buffers
 
