@@ -291,7 +291,7 @@ def run_graph(compiled: Callable | None, call: StepCall, params: list, grads: li
         write_back_step(call.eager_tx(), params, grads, state, call.extra, segments)
         return compiled
     if compiled is None:
-        compiled = compile_step(call.tx)
+        compiled = compile_step(call.tx, flat=segments is not None)
     compiled(params, grads, state, call.extra, segments)
     return compiled
 
@@ -324,8 +324,9 @@ def _one_d(t: torch.Tensor) -> torch.Tensor:
     return t.view(1) if t.dim() == 0 else t
 
 
-def compile_step(tx: fo.GradientTransformation) -> Callable:
-    """The whole step in one graph (see :func:`write_back_step`)."""
+def compile_step(tx: fo.GradientTransformation, flat: bool = False) -> Callable:
+    """The whole step in one graph (see :func:`write_back_step`); ``flat``: over a flat
+    layout's buffers (reductions there recompute rather than store, see ``_RECOMPUTE``)."""
 
     def step(params, grads, state, extra, segments):
         write_back_step(tx, params, grads, state, extra, segments)
@@ -334,7 +335,7 @@ def compile_step(tx: fo.GradientTransformation) -> Callable:
     # of the code gives every group its own cache, so many groups or optimizers coexist
     own = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__,
                              step.__defaults__, step.__closure__)
-    options = _RECOMPUTE if fo.needs(tx) >= fo.Needs.GLOBAL else None
+    options = _RECOMPUTE if flat and fo.needs(tx) >= fo.Needs.GLOBAL else None
     return torch.compile(own, fullgraph=True, dynamic=False, options=options)
 
 
@@ -342,5 +343,7 @@ def compile_step(tx: fo.GradientTransformation) -> Callable:
 # update before its trust ratio) in a fresh buffer each step unless these thresholds are
 # raised; recomputing it costs a few flops, a param-sized allocation costs a page fault per
 # 4 KiB (timm Lamb on RN50, compiled, 1 thread, loaded machine: 501-658 -> 208-251 ms).
+# Flat-engine reductions only: on per-leaf graphs (LEAVES, MATRIX) the recomputation
+# multiplies the kernels' size and their compile time (add_noise: minutes).
 _RECOMPUTE = {"realize_reads_threshold": 100, "realize_opcount_threshold": 1000,
               "realize_acc_reads_threshold": 100}
