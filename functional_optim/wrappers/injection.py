@@ -205,6 +205,9 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation],
                 arguments.update(value)
             else:
                 arguments[name] = value
+        # one-element tensors are stored 0-d (see _as_tensor): the factory sees them so too
+        arguments = {name: v.reshape(()) if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+                     for name, v in arguments.items()}
         # the factory validates the given values once, here (and builds the probe)
         probe = inner_factory(**arguments)
         if not isinstance(probe, GradientTransformation):
