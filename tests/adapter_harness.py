@@ -12,7 +12,9 @@ import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import optree
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 SHAPES: list[tuple[int, ...]] = [(), (5,), (4, 3), (3, 2, 2, 2), (6,)]
 SOMETIMES = 4  # index of the param whose gradient is None on steps 0, 3, 6, ...
@@ -147,3 +149,22 @@ def _values_equal(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_values_equal(x, y) for x, y in zip(a, b))
     return a == b
+
+
+class Allocations(TorchDispatchMode):
+    """Records every op output of at least ``min_numel`` elements that shares storage with
+    none of the op's inputs: a fresh allocation (views and in-place/out= results alias)."""
+
+    def __init__(self, min_numel):
+        super().__init__()
+        self.min_numel, self.fresh = min_numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in optree.tree_leaves((args, kwargs or {}))
+                  if isinstance(t, torch.Tensor)}
+        for t in optree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.min_numel \
+                    and t.untyped_storage().data_ptr() not in inputs:
+                self.fresh.append((str(func), tuple(t.shape)))
+        return out

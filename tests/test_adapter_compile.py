@@ -17,11 +17,10 @@ import torch
 from torch._dynamo.backends.registry import lookup_backend
 from torch._dynamo.utils import counters
 from torch._guards import CompileContext
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import adapters
 import functional_optim as fo
-from adapter_harness import (groups, leaves, make_grads, make_params, max_rel_diff, max_tensor_rel_diff,
+from adapter_harness import (Allocations, groups, leaves, make_grads, make_params, max_rel_diff, max_tensor_rel_diff,
                              state_tensors, train)
 
 STEPS = 200
@@ -182,25 +181,6 @@ def test_steady_state_buffers_do_not_move(name, compile):
         assert _pointers(opt, params) == before
 
 
-class _Allocations(TorchDispatchMode):
-    """Records every op output of at least ``min_numel`` elements that shares storage with
-    none of the op's inputs: a fresh allocation (views and in-place/out= results alias)."""
-
-    def __init__(self, min_numel):
-        super().__init__()
-        self.min_numel, self.fresh = min_numel, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in optree.tree_leaves((args, kwargs or {}))
-                  if isinstance(t, torch.Tensor)}
-        for t in optree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.numel() >= self.min_numel \
-                    and t.untyped_storage().data_ptr() not in inputs:
-                self.fresh.append((str(func), tuple(t.shape)))
-        return out
-
-
 def clipped_adamw(lr=1e-3, max_norm=1.0, weight_decay=1e-2):
     return fo.chain(fo.clip_by_global_norm(max_norm), fo.adamw(lr=lr, weight_decay=weight_decay))
 
@@ -220,7 +200,7 @@ def test_eager_step_allocates_nothing_param_sized(name):
     for g in grads[2:]:
         for p, gi in zip(params, g):
             p.grad = gi.clone()
-        with _Allocations(min_numel=48) as recorder:
+        with Allocations(min_numel=48) as recorder:
             opt.step()
         assert recorder.fresh == []
 
@@ -231,7 +211,7 @@ def test_allocation_recorder_sees_a_fresh_tensor():
     params = leaves(make_params(shapes=shapes))
     opt = torch.optim.Adam(params, lr=1e-2)
     train(opt, params, make_grads(2, shapes=shapes, none_every=None))
-    with _Allocations(min_numel=48) as recorder:
+    with Allocations(min_numel=48) as recorder:
         opt.step()
     assert recorder.fresh
 

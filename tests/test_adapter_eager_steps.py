@@ -19,14 +19,12 @@ for-loop, in place on the functional state.
 
 from __future__ import annotations
 
-import optree
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import adapters
 import functional_optim as fo
-from adapter_harness import SHAPES, leaves, make_grads, make_params, max_rel_diff, train
+from adapter_harness import Allocations, SHAPES, leaves, make_grads, make_params, max_rel_diff, train
 from adapters import eager_steps
 
 STEPS = 30
@@ -213,25 +211,6 @@ def test_checkpoints_pass_both_ways_with_torch_mid_run(name):
     assert max_rel_diff(mixed, reference) == 0.0
 
 
-class _Allocations(TorchDispatchMode):
-    """Records every op output of at least ``min_numel`` elements sharing storage with none
-    of the op's inputs: a fresh allocation (views, in-place and out= results alias)."""
-
-    def __init__(self, min_numel):
-        super().__init__()
-        self.min_numel, self.fresh = min_numel, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in optree.tree_leaves((args, kwargs or {}))
-                  if isinstance(t, torch.Tensor)}
-        for t in optree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.numel() >= self.min_numel \
-                    and t.untyped_storage().data_ptr() not in inputs:
-                self.fresh.append((str(func), tuple(t.shape)))
-        return out
-
-
 @pytest.mark.parametrize("name", ["rmsprop_centered_all", "adadelta_all", "adamax_all",
                                   "nadam_decoupled_all", "asgd_all", "asgd_tensor_lr"])
 def test_eager_step_allocates_nothing_param_sized(name):
@@ -245,7 +224,7 @@ def test_eager_step_allocates_nothing_param_sized(name):
     for g in grads[2:]:
         for p, gi in zip(params, g):
             p.grad = gi.clone()
-        with _Allocations(min_numel=48) as recorder:
+        with Allocations(min_numel=48) as recorder:
             opt.step()
         assert recorder.fresh == []
 
@@ -256,6 +235,6 @@ def test_allocation_recorder_sees_torchs_temporaries():
     params = leaves(make_params(torch.float32, shapes=shapes))
     opt = torch.optim.RMSprop(params, lr=1e-2, foreach=False)
     train(opt, params, make_grads(2, torch.float32, shapes=shapes, none_every=None))
-    with _Allocations(min_numel=48) as recorder:
+    with Allocations(min_numel=48) as recorder:
         opt.step()
     assert recorder.fresh
