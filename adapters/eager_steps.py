@@ -1,7 +1,10 @@
 """Eager steps of the drop-ins torch has no fused kernel for, as torch's for-loop, in place.
 
 ``RMSprop`` (plain, momentum, centered), ``Adadelta``, ``Adamax``, ``NAdam`` and ``ASGD``
-drop-ins run their eager (``compile=False``) step here: one short sequence of in-place
+drop-ins run their eager (``compile=False``) step here, and so do ``Adam``/``AdamW`` where
+torch's fused kernel does not compute torch's default step (a tensor ``lr`` without
+``fused=True``: torch's loop rounds its step size in the lr's dtype, the kernel in the
+params'; params of mixed dtypes): one short sequence of in-place
 torch ops per param, on the functional state's own leaves, in the order of torch's
 single-tensor for-loop (``foreach=False``, torch's CPU default), so every param and state
 value rounds exactly as there (``tests/test_adapter_eager_steps.py`` checks it bit for bit).
@@ -34,12 +37,15 @@ each dispatched step (``StepCall.eager_tx``), exactly as on the functional path.
 
 from __future__ import annotations
 
+import math
 from numbers import Real
 from typing import Any
 
 import torch
 
 from functional_optim import kernels as k
+from functional_optim.transforms.newton_schulz import newton_schulz
+from functional_optim.transforms.shape_scaling import shape_lr_ratio
 
 from . import state_io
 from .fused import _dense
@@ -48,12 +54,17 @@ Entry = dict[str, Any]
 
 # the numeric hyperparameters (besides lr) each family reads; a tensor among them falls back
 _NUMBERS = {
+    "adam": ("betas", "eps", "weight_decay"),
     "rmsprop": ("alpha", "eps", "weight_decay", "momentum"),
     "adadelta": ("rho", "eps", "weight_decay"),
     "adamax": ("betas", "eps", "weight_decay"),
     "nadam": ("betas", "eps", "weight_decay", "momentum_decay"),
     "asgd": ("lambd", "alpha", "t0", "weight_decay"),
+    "sparse_adam": ("betas", "eps"),
+    "muon": ("weight_decay", "momentum", "eps", "ns_coefficients"),
 }
+# families whose gradients are sparse (torch's SparseAdam takes nothing else)
+_SPARSE = frozenset({"sparse_adam"})
 FAMILIES = frozenset(_NUMBERS)
 # families whose per-param step has no scalar state to update (NAdam's mu_product, ASGD's
 # eta and mu): their large params run piece by piece (see _chunks)
@@ -142,8 +153,9 @@ def applies(family: str, group: dict[str, Any], params: list[torch.Tensor], grad
         if g is None:
             continue
         present = True
+        layout = torch.sparse_coo if family in _SPARSE else torch.strided
         if (p.dtype not in _DTYPES or g.dtype != p.dtype or g.device != p.device
-                or g.layout != torch.strided or p.layout != torch.strided
+                or g.layout != layout or p.layout != torch.strided
                 or k.is_dtensor(p) or k.is_dtensor(g)):  # shards: the functional update's dispatch
             return False
     return present
@@ -226,6 +238,63 @@ def _set(t: torch.Tensor, value: Any) -> None:
 
 
 # -- one function per algorithm: one param's step, in torch's order --------------------
+
+
+def _adam(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entry: Entry,
+          scratch: Scratch, step: int) -> None:
+    beta1, beta2 = group["betas"]
+    weight_decay, decoupled = group["weight_decay"], group.get("decoupled_weight_decay", False)
+    g = _grad(group, p, g, scratch, coupled_decay=not decoupled)
+    if weight_decay != 0 and decoupled:
+        p.mul_(1 - lr * weight_decay)
+    exp_avg, exp_avg_sq = entry["ScaleByAdamState.mu"], entry["ScaleByAdamState.nu"]
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    step_size = lr / (1 - beta1 ** step)
+    bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+    if group["amsgrad"]:
+        torch.maximum(entry["ScaleByAdamState.nu_max"], exp_avg_sq, out=entry["ScaleByAdamState.nu_max"])
+        exp_avg_sq = entry["ScaleByAdamState.nu_max"]
+    denom = torch.sqrt(exp_avg_sq, out=scratch.buffer(1, exp_avg_sq))
+    denom.div_(bias_correction2_sqrt).add_(group["eps"])
+    p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _sparse_adam(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entry: Entry,
+                 scratch: Scratch, step: int) -> None:
+    beta1, beta2 = group["betas"]
+    g = (-g if group["maximize"] else g).coalesce()  # unique indices: the update is not linear
+    indices, values = g._indices(), g._values()
+    if values.numel() == 0:
+        return
+
+    def sparse(v: torch.Tensor) -> torch.Tensor:
+        return torch.sparse_coo_tensor(indices, v, g.size(), check_invariants=False)
+
+    exp_avg, exp_avg_sq = entry["ScaleBySparseAdamState.mu"], entry["ScaleBySparseAdamState.nu"]
+    # old + (1 - b) * (new - old) on the rows present, as torch's sparse updates
+    old_avg = exp_avg.sparse_mask(g)._values()
+    avg_update = values.sub(old_avg).mul_(1 - beta1)
+    exp_avg.add_(sparse(avg_update))
+    old_sq = exp_avg_sq.sparse_mask(g)._values()
+    sq_update = values.pow(2).sub_(old_sq).mul_(1 - beta2)
+    exp_avg_sq.add_(sparse(sq_update))
+    numer = avg_update.add_(old_avg)
+    denom = sq_update.add_(old_sq).sqrt_().add_(group["eps"])
+    step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+    p.add_(sparse(-step_size * numer.div_(denom)))
+
+
+def _muon(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entry: Entry,
+          scratch: Scratch, step: int) -> None:
+    momentum = group["momentum"]
+    buf = entry["EmaState.ema"]
+    buf.lerp_(g, 1 - momentum)
+    update = torch.lerp(g, buf, momentum, out=scratch.buffer(0, g)) if group["nesterov"] else buf
+    update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], torch.bfloat16)
+    adjusted_lr = lr * shape_lr_ratio(p.shape, group["adjust_lr_fn"])
+    p.mul_(1 - lr * group["weight_decay"])
+    p.add_(update, alpha=-adjusted_lr)
 
 
 def _rmsprop(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entry: Entry,
@@ -318,7 +387,8 @@ def _asgd(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entr
     _set(mu, 1 / max(1, step - t0))
 
 
-_COUNT = {"rmsprop": "ScaleByRmsState.count", "adadelta": "ScaleByAdaDeltaState.count",
+_COUNT = {"adam": "ScaleByAdamState.count", "sparse_adam": "ScaleBySparseAdamState.count",
+          "muon": "EmaState.count", "rmsprop": "ScaleByRmsState.count", "adadelta": "ScaleByAdaDeltaState.count",
           "adamax": "ScaleByAdamaxState.count", "nadam": "ScaleByNadamState.count",
           "asgd": "ScaleByAsgdState.count"}
-_STEPS = {"rmsprop": _rmsprop, "adadelta": _adadelta, "adamax": _adamax, "nadam": _nadam, "asgd": _asgd}
+_STEPS = {"adam": _adam, "sparse_adam": _sparse_adam, "muon": _muon, "rmsprop": _rmsprop, "adadelta": _adadelta, "adamax": _adamax, "nadam": _nadam, "asgd": _asgd}

@@ -121,14 +121,14 @@ class EagerEngine(_LeafEngine):
             write_back_step(call.eager_tx(), params, grads, state, call.extra)
             return state
         family = call.fused_family
-        if family in eager_steps.FAMILIES:  # torch's for-loop, in place (adapters.eager_steps)
-            if eager_steps.applies(family, call.group, params, grads):
-                call.eager_tx()  # validates the group's current values
-                eager_steps.step(family, call.group, params, grads, state, self.scratch)
-                return state
-        elif family is not None and fused.applies(family, call.group, params, grads):
+        if family is not None and fused.applies(family, call.group, params, grads):
             call.eager_tx()  # validates the group's current values
             fused.step(family, call.group, params, grads, state)
+            return state
+        if (family in eager_steps.FAMILIES and call.group.get("fused") is not False
+                and eager_steps.applies(family, call.group, params, grads)):
+            call.eager_tx()  # validates the group's current values
+            eager_steps.step(family, call.group, params, grads, state, self.scratch)  # torch's for-loop
             return state
         dense = all(g is None or not g.is_sparse for g in grads)
         tx = call.eager_tx()

@@ -10,7 +10,8 @@ measures it).
 
 The dispatch applies only when nothing it does not cover is asked for: every present
 gradient dense, params real floating point of one device and dtype, hyperparameters plain
-numbers (lr a number or a one-element tensor), for SGD no dampening with momentum (torch's
+numbers (lr a number or a one-element tensor; for Adam/AdamW a tensor lr only with
+``fused=True``, as torch's default loop computes with it otherwise), for SGD no dampening with momentum (torch's
 kernel takes one first-step flag for all params; without dampening the first step needs
 none), and no trace by a user's ``torch.compile``. Otherwise, or with ``fused=False``, the
 step runs the functional update.
@@ -33,6 +34,7 @@ import torch
 
 from . import state_io
 
+FAMILIES = frozenset({"adam", "sgd", "adagrad"})
 _KERNELS = {"adam": "_fused_adam_", "adamw": "_fused_adamw_"}
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PREFIX = "ScaleByAdamState."
@@ -41,8 +43,10 @@ _RSS = "ScaleByRssState."  # Adagrad's state (fo.scale_by_rss)
 
 def applies(family: str, group: dict[str, Any], params: list[torch.Tensor], grads: list) -> bool:
     """Whether the fused kernel computes this group's step (see the module docstring)."""
-    if group.get("fused") is False or torch.compiler.is_compiling():
+    if family not in FAMILIES or group.get("fused") is False or torch.compiler.is_compiling():
         return False
+    if family == "adam" and isinstance(group["lr"], torch.Tensor) and group.get("fused") is not True:
+        return False  # torch's default loop rounds the step size in the lr's dtype (adapters.eager_steps)
     present = [(p, g) for p, g in zip(params, grads) if g is not None]
     if not present:
         return False

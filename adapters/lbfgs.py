@@ -9,6 +9,8 @@ import torch
 
 import functional_optim as fo
 
+from functional_optim.aliases.lbfgs import history_rows
+
 from .optimizer import Entry
 from .torch_optim import _TorchCompatible
 
@@ -71,10 +73,10 @@ class LBFGS(_TorchCompatible):
             loss = closure()
         grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
         tx = rt.eager_transform(group)
-        updates, rt.state = tx.update(grads, rt.state, start, value=loss,
-                                      value_fn=self._value_fn(params, closure))
-        for p, s, u in zip(params, start, updates):
-            p.copy_(s + u)
+        new, rt.state = tx.update(grads, rt.state, start, value=loss, as_params=True,
+                                  value_fn=self._value_fn(params, closure))
+        for p, x in zip(params, new):
+            p.copy_(x)
         return loss
 
     @staticmethod
@@ -137,9 +139,9 @@ class LBFGS(_TorchCompatible):
         length = len(history[0])
         if length > size:
             raise ValueError(f"state_dict holds {length} history entries, history_size is {size}")
-        n = out[_S + "d"].numel()
-        dirs, stps = torch.zeros(size, n, dtype=torch.float64), torch.zeros(size, n, dtype=torch.float64)
-        ro = torch.zeros(size, dtype=torch.float64)
+        d = out[_S + "d"]
+        dirs, stps = (history_rows(size, d.numel(), d.dtype, d.device) for _ in range(2))
+        ro = torch.zeros(size, dtype=d.dtype, device=d.device)
         for i in range(length):
             dirs[i], stps[i], ro[i] = history[0][i], history[1][i], torch.as_tensor(history[2][i])
         out.update({_S + "old_dirs": dirs, _S + "old_stps": stps, _S + "ro": ro,

@@ -8,8 +8,8 @@ the names of the matching state leaves (``"<StateClass>.<field>"``, see ``state_
 torch's fused kernels (Adam, AdamW, SGD, Adagrad: ``adapters.fused``); ``capturable`` and
 ``differentiable`` are refused (differentiate through steps with functional_optim
 directly). ``compile=True`` selects the compiled step (see FunctionalOptimizer).
-RMSprop, Adadelta, Adamax, NAdam and ASGD run their eager steps as torch's for-loop in
-place on their state (``adapters.eager_steps``; no switch: torch's classes take no
+RMSprop, Adadelta, Adamax, NAdam, ASGD, SparseAdam (and Muon) run their eager steps as
+torch's for-loop in place on their state (``adapters.eager_steps``; no switch: torch's classes take no
 ``fused``).
 """
 
@@ -447,6 +447,7 @@ class SparseAdam(_TorchCompatible):
     _state_keys = {"step": ("ScaleBySparseAdamState.count",), "exp_avg": ("ScaleBySparseAdamState.mu",),
                    "exp_avg_sq": ("ScaleBySparseAdamState.nu",)}
     _int_step = True
+    _fused_family = "sparse_adam"  # eager steps: torch's for-loop in place (adapters.eager_steps)
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, maximize: bool = False):

@@ -57,7 +57,7 @@ class Muon(_TorchCompatible):
     """``torch.optim.Muon`` on the functional engine (``fo.muon``), with torch's signature and
     state key (``momentum_buffer``). Only 2-D params (torch's ``ValueError`` otherwise).
 
-    Eager steps feed the Newton–Schulz coefficients as Python numbers, so its bfloat16
+    Eager steps run torch's for-loop in place (``adapters.eager_steps``), so its bfloat16
     iteration is torch's bit for bit; compiled steps (``compile=True``) are inductor's
     rounding, as ``torch.compile`` of torch's own step is.
 
@@ -71,6 +71,8 @@ class Muon(_TorchCompatible):
       >>> list(opt.state_dict()["state"][0])
       ['momentum_buffer']
     """
+
+    _fused_family = "muon"  # eager steps: torch's for-loop in place (adapters.eager_steps)
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
                  nesterov: bool = True, ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,

@@ -1,5 +1,7 @@
-"""adapters.eager_steps: RMSprop/Adadelta/Adamax/NAdam/ASGD drop-in eager steps as torch's
-for-loop, in place on the functional state.
+"""adapters.eager_steps: RMSprop/Adadelta/Adamax/NAdam/ASGD (and Adam/AdamW with a tensor
+lr) drop-in eager steps as torch's for-loop, in place on the functional state. (Muon's and
+SparseAdam's, whose params this harness does not fit, are held to torch's loop by
+test_torch_optim_db.py and test_adafactor_muon.py.)
 
 * over 30 steps (float32 and float64; shapes incl. a 0-d param, a transposed param and a
   param whose gradient is None every third step) the dispatched step is torch's for-loop
@@ -29,6 +31,9 @@ from adapters import eager_steps
 
 STEPS = 30
 CASES = {
+    "adam_tensor_lr": (adapters.Adam, torch.optim.Adam, fo.adam, dict(lr=torch.tensor(1e-2), weight_decay=0.1)),
+    "adamw_tensor_lr_all": (adapters.AdamW, torch.optim.AdamW, fo.adamw, dict(
+        lr=torch.tensor(1e-2), betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True, maximize=True)),
     "rmsprop": (adapters.RMSprop, torch.optim.RMSprop, fo.rmsprop, dict(lr=1e-2)),
     "rmsprop_momentum": (adapters.RMSprop, torch.optim.RMSprop, fo.rmsprop, dict(lr=1e-2, momentum=0.9)),
     "rmsprop_centered_all": (adapters.RMSprop, torch.optim.RMSprop, fo.rmsprop, dict(

@@ -54,7 +54,9 @@ def test_dispatched_step_is_torchs_fused_step_and_agrees_with_the_functional_upd
     # torch 2.13's fused SGD fails when a param's first gradient comes after the others'
     # (a None momentum buffer among present ones): every gradient present for SGD here
     none_every = None if name.startswith("sgd") else 3
-    dispatched, opt = _run(ours_cls, kwargs, dtype, none_every)
+    # with a tensor lr the default eager step is torch's for-loop (test_adapter_eager_steps.py)
+    fused = {"fused": True} if isinstance(kwargs["lr"], torch.Tensor) else {}
+    dispatched, opt = _run(ours_cls, kwargs, dtype, none_every, **fused)
     functional, _ = _run(ours_cls, kwargs, dtype, none_every, fused=False)
     torch_fused, torch_opt = _run(torch_cls, kwargs, dtype, none_every, fused=True)
     loop_kwargs = {**kwargs, "lr": float(kwargs["lr"])}  # torch's for-loop computes in float32 with a float32 tensor lr

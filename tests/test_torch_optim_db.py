@@ -15,8 +15,7 @@ against its entry (a drop-in added later joins automatically):
   gradient before step ``LATE`` (torch creates its state lazily). Inputs torch refuses
   must be refused by ours with torch's exception and message; inputs the drop-ins refuse
   by design are listed in ``REFUSED_BY_DESIGN`` and must raise our error. Where torch's
-  own paths disagree the reference is listed in ``REFERENCE_FLAGS``; what ours does not
-  reproduce is a strict xfail in ``XFAIL``, with the reason.
+  own paths disagree the reference is listed in ``REFERENCE_FLAGS``.
 * every error input: ours raises torch's exception type (or warning) at the same point
   (constructor or step), with a message matching torch's ``error_regex`` (no regex is
   about torch internals: none is exempted).
@@ -83,30 +82,10 @@ REFERENCE_FLAGS: list[tuple[str, Callable[[dict], bool], dict[str, Any], str]] =
      "test_torch_fused_sgd_fails_on_a_late_param); torch's for-loop is the reference"),
 ]
 
-# what the drop-ins do not reproduce, by (class, input predicate, dtype or None for all)
-XFAIL: list[tuple[str, Callable[[dict], bool], torch.dtype | None, str]] = [
-    ("LBFGS", lambda kw: True, torch.float32,
-     "the functional LBFGS returns updates u = new - p, and p + u re-rounds in float32 where "
-     "torch's p.add_(d, alpha=t) rounds once (1-ulp differences, amplified by later iterations)"),
-    ("LBFGS", lambda kw: isinstance(kw.get("lr"), torch.Tensor), None,
-     "with a float32 tensor lr torch's step length t = min(1, 1/|g|_1) * lr is float32 tensor "
-     "arithmetic and state['t'] a tensor; ours computes t in double and exports a float"),
-    ("Adam", lambda kw: isinstance(kw.get("lr"), torch.Tensor), torch.float64,
-     "with a float32 tensor lr torch computes lr / (1 - beta1^t) in float32 (tensor "
-     "arithmetic) before the update; ours in float64: 2e-9 relative on float64 params"),
-    ("AdamW", lambda kw: isinstance(kw.get("lr"), torch.Tensor), torch.float64,
-     "as Adam: torch's float32 step size lr / (1 - beta1^t) with a float32 tensor lr"),
-    ("SparseAdam", lambda kw: isinstance(kw.get("lr"), torch.Tensor), torch.float64,
-     "with a float32 tensor lr torch's step size lr * sqrt(1 - beta2^t) / (1 - beta1^t) is "
-     "float32 tensor arithmetic; ours is float64: 4e-11 relative on float64 params"),
-    ("Muon", lambda kw: isinstance(kw.get("lr"), torch.Tensor), torch.float64,
-     "with a float32 tensor lr torch's adjusted lr (lr * 0.2 * sqrt(max(m, n)) by default) "
-     "is float32 tensor arithmetic; ours is float64: 2e-8 relative on float64 params"),
-]
-
-# state values whose Python type torch leaves to chance: LBFGS's t is whatever produced
-# it last (lr, an int by default; the line search, a float); torch only multiplies by it,
-# so ours (always a float of the same value) loads back into torch and vice versa
+# state values whose type torch leaves to chance: LBFGS's t is whatever produced it last
+# (lr: an int by default, or a tensor; the line search: a float or a 0-d tensor of either
+# float dtype); torch only multiplies by it, so ours (always a float of the same value)
+# loads back into torch and vice versa
 NUMBER_TYPE_FREE = {("LBFGS", "t")}
 
 
@@ -148,11 +127,6 @@ def _refused(kwargs: dict) -> list[str]:
     return [flag for flag in REFUSED_BY_DESIGN if kwargs.get(flag)]
 
 
-def _xfail(name: str, kwargs: dict, dtype: torch.dtype) -> str | None:
-    return next((why for cls_name, applies, dt, why in XFAIL
-                 if cls_name == name and applies(kwargs) and dt in (None, dtype)), None)
-
-
 def _float32_too(inp: OptimizerInput) -> bool:
     """float32 runs where they test something float64 does not, cheaply: not for refused
     inputs (refused whatever the dtype), nor for the foreach and other-device variants (a
@@ -166,9 +140,7 @@ def _trajectory_cases() -> list[Any]:
         for i, inp in enumerate(_trajectory_inputs(info)):
             dtypes = [torch.float64, torch.float32] if _float32_too(inp) else [torch.float64]
             for dtype in dtypes:
-                why = None if _refused(inp.kwargs) else _xfail(name, inp.kwargs, dtype)
-                marks = [pytest.mark.xfail(reason=why, strict=True)] if why else []
-                out.append(pytest.param(name, i, dtype, marks=marks,
+                out.append(pytest.param(name, i, dtype,
                                         id=f"{_case_id(name, i, inp.desc)}-{str(dtype)[6:]}"))
     return out
 
@@ -238,8 +210,10 @@ def _closure(opt: torch.optim.Optimizer, kind: str, params: list[torch.Tensor], 
 # -- comparisons ------------------------------------------------------------------------
 
 def _assert_close(ours: Any, theirs: Any, tol: dict[str, float], where: str, type_free: bool = False) -> None:
-    """Same type (ints and floats interchangeable if ``type_free``), structure, dtype and
-    shape; numbers within ``tol``; the rest equal."""
+    """Same type (numbers and 0-d tensors interchangeable if ``type_free``), structure, dtype
+    and shape; numbers within ``tol``; the rest equal."""
+    if type_free and isinstance(theirs, torch.Tensor) and theirs.dim() == 0:
+        theirs = theirs.item()
     if isinstance(theirs, torch.Tensor):
         assert isinstance(ours, torch.Tensor), f"{where}: {type(ours).__name__}, torch has a tensor"
         assert (ours.dtype, ours.shape, ours.layout, ours.device) == (

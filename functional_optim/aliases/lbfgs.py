@@ -35,7 +35,10 @@ class LBFGSState(NamedTuple):
     the params.
     The history is a ring buffer of ``history_size`` rows: row
     ``(history_start + i) % history_size`` holds torch's list entry ``i`` for
-    ``i < history_len`` (oldest first).
+    ``i < history_len`` (oldest first). Each row starts on a 64-byte boundary (the
+    buffers are views of padded storage), as a freshly allocated tensor does: vectorised
+    dot products round differently on misaligned data, and torch keeps each entry in a
+    tensor of its own.
     """
 
     func_evals: torch.Tensor  # 0-d int32: objective evaluations over the optimizer's life
@@ -193,7 +196,10 @@ def lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: int | None
       autograd-differentiable code works; leaves the loss does not reach get zero
       gradient. Like torch's closure it must be deterministic.
 
-    Missing either raises TypeError naming it. With ``donate=True`` the state's buffers
+    Missing either raises TypeError naming it. With ``as_params=True`` the update returns
+    the new params themselves in place of ``new_params - params`` (in float32 adding that
+    difference back can round once more than torch's in-place move; ``adapters.LBFGS``
+    uses it). With ``donate=True`` the state's buffers
     are updated in place (the caller owns them; if ``value_fn`` raises mid-step, the
     donated state may be partly updated, while without donation nothing passed in is
     ever modified). The flat vector follows the params tree's leaf order (see
@@ -252,13 +258,14 @@ def lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: int | None
         return LBFGSState(
             func_evals=steps.zero_count(device), n_iter=steps.zero_count(device),
             d=zeros(n), t=zeros(dtype=_SCALAR_DTYPE),
-            old_dirs=zeros(history_size, n), old_stps=zeros(history_size, n), ro=zeros(history_size),
+            old_dirs=history_rows(history_size, n, dtype, device),
+            old_stps=history_rows(history_size, n, dtype, device), ro=zeros(history_size),
             history_len=steps.zero_count(device), history_start=steps.zero_count(device),
             H_diag=torch.ones((), dtype=dtype, device=device), prev_flat_grad=zeros(n),
             prev_loss=zeros(dtype=_SCALAR_DTYPE))
 
     def update_fn(updates, state, params=None, *, value=_MISSING, value_fn=_MISSING,
-                  donate=False, **extra):
+                  as_params=False, donate=False, **extra):
         del extra
         missing = [name for name, arg in (("value", value), ("value_fn", value_fn))
                    if arg is _MISSING or arg is None]
@@ -288,10 +295,26 @@ def lbfgs(lr: float | torch.Tensor = 1, max_iter: int = 20, max_eval: int | None
             value = value.detach()
         new_leaves, new_state = _step(layout, state, flat_grad, float(value),
                                       _objective(value_fn, layout), options, donate)
-        # torch moves the params in place; p + (new - p) can differ from new by one rounding
+        if as_params:
+            return layout.rebuild(new_leaves), new_state
         return layout.rebuild(k.sub(new_leaves, layout.leaves)), new_state
 
     return GradientTransformation(init_fn, update_fn)
+
+
+_ROW_ALIGNMENT = 64  # bytes: the CPU allocator's alignment (CUDA's is larger still)
+
+
+def history_rows(rows: int, n: int, dtype: torch.dtype, device: Any,
+                 like: torch.Tensor | None = None) -> torch.Tensor:
+    """A ``(rows, n)`` history buffer whose rows are 64-byte aligned (zeros, or a copy of
+    ``like``); see :class:`LBFGSState`."""
+    per_row = max(1, _ROW_ALIGNMENT // torch.empty((), dtype=dtype).element_size())
+    padded = -(-max(n, 1) // per_row) * per_row
+    out = torch.zeros(rows, padded, dtype=dtype, device=device)[:, :n]
+    if like is not None:
+        out.copy_(like)
+    return out
 
 
 class _Options(NamedTuple):
@@ -324,7 +347,9 @@ class _History:
 
     def push(self, y: torch.Tensor, s: torch.Tensor, ro: torch.Tensor) -> None:
         if not self.owned:
-            self.dirs, self.stps, self.ro = self.dirs.clone(), self.stps.clone(), self.ro.clone()
+            self.dirs, self.stps = (history_rows(*b.shape, b.dtype, b.device, like=b)
+                                    for b in (self.dirs, self.stps))
+            self.ro = self.ro.clone()
             self.owned = True
         if self.len == self.size:  # full: overwrite the oldest entry
             row = self.start

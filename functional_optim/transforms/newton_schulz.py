@@ -35,9 +35,18 @@ def _addmm(x: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, beta: Any, alpha
     return (prod * alpha + x.to(acc) * beta).to(x.dtype)
 
 
-def _newton_schulz(g: torch.Tensor, coefficients: Sequence[Any], ns_steps: int, eps: Any,
-                   dtype: torch.dtype | None) -> torch.Tensor:
-    # torch.optim.Muon's _zeropower_via_newtonschulz, op for op, then back in g's dtype
+def newton_schulz(g: torch.Tensor, coefficients: Sequence[Any], ns_steps: int, eps: Any,
+                  dtype: torch.dtype | None) -> torch.Tensor:
+    """One matrix's orthogonalisation, as :func:`orthogonalize_newton_schulz` computes it
+    (torch.optim.Muon's ``_zeropower_via_newtonschulz`` op for op, iterating in ``dtype``
+    or, if None, in ``g``'s), returned in ``g``'s dtype.
+
+    Example:
+      >>> import torch
+      >>> g = torch.tensor([[3.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+      >>> newton_schulz(g, NS_COEFFICIENTS, 5, 1e-7, None).diagonal()  # singular values near 1
+      tensor([0.7136, 1.0420], dtype=torch.float64)
+    """
     a, b, c = coefficients
     x = g.to(dtype) if dtype is not None else g
     wide = g.size(0) > g.size(1)
@@ -126,7 +135,7 @@ def orthogonalize_newton_schulz(ns_coefficients: tuple[Any, Any, Any] = NS_COEFF
                 raise RuntimeError("Muon does not support sparse gradients")
             if g.dim() != 2:
                 raise ValueError("Input tensor gradient must be a 2D matrix")
-        out = [_newton_schulz(g, coefficients, ns_steps, eps, dtype) for g in sel.updates]
+        out = [newton_schulz(g, coefficients, ns_steps, eps, dtype) for g in sel.updates]
         return sel.rebuild(out), state
 
     return declare(GradientTransformation(init_empty_state, update_fn), Needs.MATRIX)
