@@ -123,7 +123,7 @@ class EagerEngine(_LeafEngine):
         family = call.fused_family
         if family is not None and fused.applies(family, call.group, params, grads):
             call.eager_tx()  # validates the group's current values
-            fused.step(family, call.group, params, grads, state)
+            fused.step(family, call.group, params, grads, self.scratch.entries(state, len(params)))
             return state
         if (family in eager_steps.FAMILIES and call.group.get("fused") is not False
                 and eager_steps.applies(family, call.group, params, grads)):

@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 
-from . import state_io
 
 FAMILIES = frozenset({"adam", "sgd", "adagrad"})
 _KERNELS = {"adam": "_fused_adam_", "adamw": "_fused_adamw_"}
@@ -69,10 +68,11 @@ def applies(family: str, group: dict[str, Any], params: list[torch.Tensor], grad
     return family != "sgd" or group["momentum"] == 0 or group["dampening"] == 0
 
 
-def step(family: str, group: dict[str, Any], params: list[torch.Tensor], grads: list, state: Any) -> None:
+def step(family: str, group: dict[str, Any], params: list[torch.Tensor], grads: list,
+         entries: list[dict[str, Any]]) -> None:
     """One fused step of the present params (``family`` "adam", "sgd" or "adagrad"), in
-    place on ``params`` and on the leaves of the functional ``state``."""
-    entries = state_io.per_param(state, len(params))
+    place on ``params`` and on the functional state's leaves per param (``entries``:
+    ``state_io.per_param`` of the state)."""
     present = [i for i, g in enumerate(grads) if g is not None]
     if family == "sgd":
         return _sgd(group, params, grads, entries, present)
