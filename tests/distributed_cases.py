@@ -310,17 +310,12 @@ def zero_cases() -> dict[str, float]:
 SETUPS = {"ddp": (ddp_model, False), "fsdp2": (fsdp_model, False), "dtensor": (dtensor_model, False),
           "tp": (tp_model, True)}  # name: (model builder, whether every rank sees the same batch)
 KINDS = ("adamw", "clip")
-# compile=True cases cost 10-30 s each (dynamo traces DTensor code slowly): the suite runs
-# the flat engine under DDP, the drop-in on FSDP2 shards and the clip over tensor-parallel
-# shards (Shard(0), Shard(1), Replicate); FO_DISTRIBUTED_ALL=1 runs every combination
-COMPILED = [(setup, kind) for setup in SETUPS for kind in KINDS] if os.environ.get("FO_DISTRIBUTED_ALL") \
-    else [("ddp", "clip"), ("fsdp2", "adamw"), ("tp", "clip")]
+ENGINES = ("eager", "compiled")
 
 
 def comparisons() -> list[tuple[str, str, str]]:
     """(setup, kind, engine) of every comparison with torch that runs."""
-    return [(setup, kind, engine) for setup in SETUPS for kind in KINDS for engine in ("eager", "compiled")
-            if engine == "eager" or (setup, kind) in COMPILED]
+    return [(setup, kind, engine) for setup in SETUPS for kind in KINDS for engine in ENGINES]
 
 
 def cases(tmp: str) -> dict[str, Callable[[], dict[str, float]]]:

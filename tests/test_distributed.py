@@ -69,7 +69,7 @@ def _values(results: list[dict[str, Any]], name: str) -> dict[str, float]:
 def test_adamw_matches_torch(results, setup, engine):
     """adapters.AdamW against torch.optim.AdamW over 3 steps under DDP, FSDP2 (DTensor
     shards), DTensor params (Shard(0), Shard(1), Replicate) and tensor parallel
-    (compile=True: see ``distributed_cases.COMPILED``)."""
+    (compile off and on for every setup and optimizer)."""
     values = _values(results, f"{setup}_adamw_{engine}")
     assert values["params"] <= PARAM_TOL
 
