@@ -53,6 +53,12 @@ from . import timm  # timm.optim's functional side (timm is never imported)
 # torch.optim has no optimizer of these names: timm's at top level
 from .timm import adabelief, adahessian, adamp, lamb, lars, madgrad, nvnovograd, sgdp
 from . import optax  # optax's aliases whose top-level names are timm's (fo.optax.lamb, fo.optax.lars)
+from . import apex  # apex.optimizers' functional side (apex is never imported)
+from .transforms import (KahanSummationState, StochasticRoundingUpdatesState, kahan_summation,
+                         stochastic_rounding_updates)
+from .wrappers import Bf16State, bf16_state
+from .transforms import (ScaleByApexMomentsState, ScaleByApexNovogradState, scale_by_apex_moments,
+                         scale_by_apex_novograd)
 from .transforms import (AddRelativeStepDecayedWeightsState, ScaleByAdahessianState, ScaleByBeliefState,
                          ScaleByFactoredRmsState, ScaleByLambMomentsState, ScaleByMadgradState,
                          ScaleByNadamLegacyState, ScaleByRelativeStepSizeState, add_decoupled_weight_decay,
@@ -62,8 +68,24 @@ from .transforms import (AddRelativeStepDecayedWeightsState, ScaleByAdahessianSt
                          scale_by_nadam_legacy, scale_by_relative_step_size, scale_by_timm_adam,
                          trace_from_zero)
 from .wrappers import cautious, scale_invariant_projection
+from .transforms import ScaleByAdanState, add_proximal_weight_decay, scale_by_adan, scale_by_adopt
+from .timm import adan, adopt, nadamw, sgdw  # timm's (torch.optim has none of these names)
 from .transforms import (ScaleByFactoredVarianceState, orthogonalize_newton_schulz, scale_by_factored_variance,
                          scale_by_shape_adjusted_lr)
+from .transforms import ScaleByLionState, scale_by_lion
+from .timm import lion  # timm's (torch.optim has no Lion)
+from .transforms import ScaleByLapropState, add_decoupled_weight_decay_after_step, scale_by_laprop
+from .timm import laprop
+from .transforms import MarsGradientCorrectionState, mars_gradient_correction
+from .timm import mars
+from .timm import kron  # timm's (torch.optim has no Kron)
+from . import bitsandbytes, quantization  # bitsandbytes.optim's functional side (never imported)
+from .transforms import ScaleByAdemamixState, scale_by_ademamix
+from .wrappers import QuantizationMaps, QuantizedState, dequantize_state, quantize_state, quantized_state
+from .transforms import (ScaleByFactoredRmsBigVisionState, big_vision_factor_dims, ema_in_dtype,
+                         scale_by_factored_rms_big_vision)
+from .transforms import (ScaleByAdamuonState, orthogonalize_newton_schulz_timm, scale_by_adamuon,
+                         scale_by_muon_shape)
 from .schedules import (constant_schedule, cosine_decay_schedule, cosine_onecycle_schedule,
                         exponential_decay, exponential_range_schedule, join_schedules,
                         linear_onecycle_schedule, linear_range_schedule, linear_schedule,
@@ -95,6 +117,10 @@ __all__ = [
     "linesearch", "lbfgs", "LBFGSState", "sparse_adam", "scale_by_sparse_adam",
     "ScaleBySparseAdamState", "SparseRows",
     "monai", "novograd", "scale_by_novograd", "ScaleByNovogradState",
+    "apex", "ScaleByApexMomentsState", "ScaleByApexNovogradState", "scale_by_apex_moments",
+    "scale_by_apex_novograd",
+    "Bf16State", "bf16_state", "KahanSummationState", "StochasticRoundingUpdatesState", "kahan_summation",
+    "stochastic_rounding_updates",
     "timm", "optax", "nvnovograd", "ScaleByLambMomentsState", "add_decoupled_weight_decay", "divide_by_global_norm",
     "scale_by_lamb_moments", "scale_by_lamb_trust_ratio", "scale_by_lars_trust_ratio",
     "adabelief", "adamp", "sgdp", "ScaleByBeliefState", "ScaleByNadamLegacyState", "scale_by_belief",
@@ -105,8 +131,17 @@ __all__ = [
     "ScaleByAdahessianState",
     "adafactor", "muon", "scale_by_factored_variance", "ScaleByFactoredVarianceState",
     "orthogonalize_newton_schulz", "scale_by_shape_adjusted_lr",
+    "ScaleByFactoredRmsBigVisionState", "big_vision_factor_dims", "ema_in_dtype", "scale_by_factored_rms_big_vision",
+    "ScaleByAdamuonState", "orthogonalize_newton_schulz_timm", "scale_by_adamuon", "scale_by_muon_shape",
     "AddNoiseState", "NonNegativeParamsState", "ZeroNansState", "adaptive_grad_clip", "add_noise",
     "centralize", "clip_by_block_rms", "keep_params_nonnegative", "scale_by_trust_ratio", "zero_nans",
+    "lion", "scale_by_lion", "ScaleByLionState",
+    "laprop", "scale_by_laprop", "ScaleByLapropState", "add_decoupled_weight_decay_after_step",
+    "mars", "mars_gradient_correction", "MarsGradientCorrectionState",
+    "kron",
+    "bitsandbytes", "quantization", "scale_by_ademamix", "ScaleByAdemamixState",
+    "adan", "adopt", "nadamw", "sgdw", "ScaleByAdanState", "add_proximal_weight_decay", "scale_by_adan",
+    "scale_by_adopt",
     "wrappers", *wrappers.__all__,
     "constant_schedule", "linear_schedule", "polynomial_schedule", "exponential_decay",
     "piecewise_constant_schedule", "piecewise_interpolate_schedule",

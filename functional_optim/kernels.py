@@ -1024,6 +1024,34 @@ def rms(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> TensorList:
             else n * (x.numel() ** -0.5 if x.numel() else float("nan")) for n, x, s in zip(out, xs, segs)]
 
 
+def max_norms(xs: Sequence[Tensor], dtype: torch.dtype | None = None) -> TensorList:
+    """The infinity norm of each tensor, ``max |x|``, as 0-d tensors (0 for an empty one).
+
+    ``dtype`` as in :func:`norms`. On a segmented flat buffer, the maximum over each
+    param's segment as a ``(nblocks, 1)`` tensor (padding, kept at zero, never wins).
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.max_norms([torch.tensor([3.0, -4.0]), torch.ones(4)])
+      [tensor(4.), tensor(1.)]
+    """
+    if not xs:
+        return []
+    real = [x.abs() for x in xs]  # complex: the modulus
+    dtype = dtype or _widest(real)
+    segs = _seg.lookup([_real(x) for x in xs]) or [None] * len(xs)
+    out = []
+    for x, s in zip(real, segs):
+        x = x.to(dtype)
+        if s is None:
+            out.append(x.amax() if x.numel() else x.new_zeros(()))
+            continue
+        blocks = _seg.unpadded(x, s).amax(1)
+        seg_max = torch.segment_reduce(blocks, "max", lengths=s.block_counts, unsafe=True, initial=0.0)
+        out.append(_seg.broadcast(seg_max, s))
+    return out
+
+
 def _vector_norm(x: Tensor, dim: Any, keepdim: bool, dtype: torch.dtype) -> Tensor:
     # torch's vector_norm, with finite derivatives of every order where the reduced entries
     # are all zero: torch's first derivative there is 0 but its second is 0/0 = NaN. Units
@@ -1271,6 +1299,105 @@ def _widest(xs: Sequence[Tensor]) -> torch.dtype:
     for x in xs[1:]:
         dtype = torch.promote_types(dtype, x.dtype)
     return dtype if dtype.is_floating_point else torch.get_default_dtype()
+
+
+# ---------------------------------------------------------------------------------
+# Counter-based random bits and stochastic rounding (no generator: reproducible under
+# torch.compile and vmap, and the same bits eagerly and compiled)
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: Tensor) -> Tensor:
+    # an avalanching 32-bit integer hash on int64 tensors holding values in [0, 2**32);
+    # both multipliers are below 2**31, so every product fits in int64 without overflow
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x5BD1E995) & _MASK32
+    return x ^ (x >> 16)
+
+
+def stream_keys(seed: int, step: Tensor | int, salts: Sequence[int]) -> TensorList:
+    """One 0-d int64 key per salt for the random bits of a tensor at one step: a hash of
+    ``(seed, step, salt)`` (the salts tell apart the tensors rounded at the same step, e.g.
+    a hash of each one's path in its tree), computed together in a few ops.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> a = fo.kernels.stream_keys(0, torch.tensor(1), [0, 1])
+      >>> b = fo.kernels.stream_keys(0, 1, [0])
+      >>> bool(a[0] == b[0]), bool(a[0] == a[1]), bool(a[0] == fo.kernels.stream_keys(0, 2, [0])[0])
+      (True, False, False)
+    """
+    step = torch.as_tensor(step).to(torch.int64) & _MASK32
+    key = _mix32(torch.tensor(int(seed) & _MASK32, dtype=torch.int64, device=step.device))
+    key = _mix32(key ^ step)
+    salt = torch.tensor([int(x) & _MASK32 for x in salts], dtype=torch.int64, device=step.device)
+    return list(_mix32(key ^ salt).unbind(0))
+
+
+def path_salts(paths: Sequence[Any]) -> list[int]:
+    """A stable 32-bit salt per tree path (``optree.tree_flatten_with_path``'s tuples): the
+    FNV-1a hash of its text, the same in every process (unlike ``hash`` of a string) and
+    plain Python that ``torch.compile`` folds into constants, so a leaf's random bits do
+    not depend on which other leaves the tree holds.
+
+    Example:
+      >>> import functional_optim as fo
+      >>> fo.kernels.path_salts([(0, "w"), (0, "w"), (1, "w")])[:2] == [fo.kernels.path_salts([(0, "w")])[0]] * 2
+      True
+    """
+    out = []
+    for path in paths:
+        h = 0x811C9DC5
+        for ch in repr(tuple(path)):
+            h = ((h ^ ord(ch)) * 0x01000193) & _MASK32
+        out.append(h)
+    return out
+
+
+def random_bits16(x: Tensor, key: Tensor) -> Tensor:
+    """16 random bits per element of ``x`` (int32 in ``[0, 2**16)``, ``x``'s shape): a hash
+    of the element's index and ``key`` (from :func:`stream_keys`), the same on every run."""
+    index = torch.arange(x.numel(), dtype=torch.int64, device=x.device).view(x.shape)
+    bits = _mix32((_mix32(index ^ key) + key) & _MASK32)
+    return (bits >> 16).to(torch.int32)
+
+
+def stochastic_round(xs: Sequence[Tensor], keys: Sequence[Tensor], *, straight_through: bool = True) -> TensorList:
+    """Each tensor rounded to bfloat16 stochastically: to one of the two nearest bfloat16
+    values, the farther one with probability proportional to the closeness of the other,
+    so the result is unbiased (``E[round(x)] = x``).
+
+    On the float32 bits: add 16 random bits (:func:`random_bits16` with ``keys``, one key
+    per tensor) to the 16 bits bfloat16 drops, then drop them (a carry rounds away from
+    zero). NaNs stay NaN, infinities stay infinite. The derivative is the identity
+    (straight-through); with ``straight_through=False`` the result is detached: the true
+    derivative of the piecewise-constant rounding, zero.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> x = torch.full((10000,), 1.0 + 2 ** -9)  # a quarter of the way to the next bfloat16
+      >>> r = fo.kernels.stochastic_round([x], fo.kernels.stream_keys(0, 1, [0]))[0]
+      >>> r.dtype, sorted(set(r.tolist())), round(float((r.float() == 1.0078125).float().mean()), 2)
+      (torch.bfloat16, [1.0, 1.0078125], 0.25)
+    """
+    out = []
+    for x, key in zip(xs, keys):
+        x32 = x.float()
+        bits = x32.detach().view(torch.int32)
+        bits = torch.where(torch.isnan(x32.detach()), torch.zeros_like(bits), bits)  # no carry out of NaN
+        rounded = ((bits + random_bits16(x32, key)) & -65536).view(torch.float32)
+        rounded = torch.where(torch.isnan(x32.detach()), x32.detach(), rounded)
+        # straight through: x + (r - x) is exactly r (r and x are neighbours: the difference is
+        # exact); infinities are taken as they are (inf - inf would be NaN)
+        if not straight_through:
+            out.append(rounded.to(torch.bfloat16))
+            continue
+        through = x32 + (rounded - x32).detach()
+        out.append(torch.where(torch.isfinite(x32.detach()), through, rounded).to(torch.bfloat16))
+    return out
 
 
 # ---------------------------------------------------------------------------------

@@ -714,6 +714,266 @@ ENTRIES += (
 NON_TRANSFORMS = {**NON_TRANSFORMS, "ScaleByFactoredVarianceState": _STATE}
 
 
+# ---- timm's Lion (fo.lion = fo.timm.lion) and its transform ----
+ENTRIES += (
+    Entry("scale_by_lion", "transform", (
+        tx("betas_fp32_mu", lambda: fo.scale_by_lion(0.5, 0.9, mu_dtype=torch.float32)),
+    )),
+    Entry("lion", "alias", (
+        opt("wd_maximize", lambda lr: fo.lion(lr, betas=(0.8, 0.95), weight_decay=0.1, maximize=True)),
+        opt("caution_corrected", lambda lr: fo.lion(lr, weight_decay=0.1, caution=True, corrected_weight_decay=True,
+                                                    max_lr_snapshot=0.1)),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "ScaleByLionState": _STATE}
+
+
+# ---- timm's AdafactorBigVision (fo.timm.adafactor_big_vision) and its pieces ----
+# The momentum is kept in float64 here: bfloat16 (timm's default, tested bit for bit in
+# tests/test_timm_muon_adafactorbv.py) makes the step piecewise constant at the 1e-6 scale
+# of the finite differences. min_dim_size_to_factor=2 factors the (3, 2) param "w".
+ENTRIES += (
+    Entry("scale_by_factored_rms_big_vision", "transform", (
+        opt("timm_adafactor_big_vision", lambda lr: fo.timm.adafactor_big_vision(
+            lr, min_dim_size_to_factor=2, momentum_dtype=torch.float64, weight_decay=0.1)),
+        opt("timm_adafactor_big_vision_caution_clip_unscaled_corrected", lambda lr: fo.timm.adafactor_big_vision(
+            lr, min_dim_size_to_factor=2, momentum_dtype=torch.float64, weight_decay=0.01, caution=True,
+            clipping_threshold=0.5, unscaled_wd=True, corrected_weight_decay=True, max_lr_snapshot=0.1,
+            decay_offset=1)),
+        tx("offset_cap_eps", lambda: fo.scale_by_factored_rms_big_vision(0.5, 2, 0.9, 1e-20)),
+        # last: the one compiled (the whole alias takes 17 s to compile here)
+        tx("factored", lambda: fo.scale_by_factored_rms_big_vision(min_dim_size_to_factor=2)),
+    )),
+    Entry("ema_in_dtype", "transform", (
+        tx("own_dtype", lambda: fo.ema_in_dtype(0.9, None)),
+        tx("float64", lambda: fo.ema_in_dtype(0.8, torch.float64)),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "ScaleByFactoredRmsBigVisionState": _STATE, "big_vision_factor_dims": _UTILITY}
+
+
+# ---- timm's Muon / AdaMuon (fo.timm.muon; fo.muon is torch's) and their pieces ----
+# The iteration runs in float64 (ns_dtype=None / dtype=None): bfloat16 (timm's, tested bit for
+# bit in tests/test_timm_muon_adafactorbv.py) makes the step piecewise constant at the scale
+# of the finite differences. The (3, 2) "w" is too small for timm's shape routing (both
+# sides >= 4): it is routed to Muon by a group flag, the rest to the AdamW fallback.
+def _timm_muon(lr: Any, **kw: Any) -> fo.GradientTransformation:
+    return fo.partition({"matrix": fo.timm.muon(lr, use_muon=True, ns_dtype=None, **kw),
+                         "other": fo.timm.muon(lr, use_fallback=True, **kw)}, _matrix_labels)
+
+
+ENTRIES += (
+    Entry("orthogonalize_newton_schulz_timm", "transform", (
+        opt("timm_muon", lambda lr: _timm_muon(lr, weight_decay=0.1)),
+        opt("timm_nadamuon", lambda lr: _timm_muon(lr, algo="adamuon", nesterov=True, weight_decay=0.01,
+                                                   fallback_lr_scale=0.5)),
+        tx("polar_express_scaled_eps", lambda: fo.masked(fo.orthogonalize_newton_schulz_timm(
+            "polar_express", 6, 1e-3, 1.01, True, dtype=None), _w_mask)),
+        tx("quintic", lambda: fo.masked(fo.orthogonalize_newton_schulz_timm(dtype=None), _w_mask)),
+        # last: the one compiled (two steps keep the graph small)
+        tx("original_two_steps", lambda: fo.masked(fo.orthogonalize_newton_schulz_timm("original", 2, dtype=None),
+                                                   _w_mask)),
+    )),
+    Entry("scale_by_muon_shape", "transform", (
+        tx("original", lambda: fo.scale_by_muon_shape("original")),
+        tx("match_rms_adamw", fo.scale_by_muon_shape),
+    )),
+    Entry("scale_by_adamuon", "transform", (
+        tx("rms_to_rms", lambda: fo.scale_by_adamuon(0.9, 1e-8, "rms_to_rms")),
+        tx("match_rms_adamw", fo.scale_by_adamuon),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "ScaleByAdamuonState": _STATE}
+
+# ---- apex's fused optimizers (fo.apex.fused_adam/lamb/sgd/novograd) and their transforms ----
+# The fo.apex aliases run through every check as samples of the entries they are built from.
+ENTRIES += (
+    Entry("scale_by_apex_moments", "transform", (
+        tx("l2_no_bias_correction_no_averaging", lambda: fo.scale_by_apex_moments(
+            0.8, 0.99, 1e-4, bias_correction=False, weight_decay=0.01, adam_w_mode=False, grad_averaging=False)),
+        opt("apex_fused_adamw", lambda lr: fo.apex.fused_adam(lr, weight_decay=0.01)),
+        opt("apex_fused_sgd_nesterov_wd_after", lambda lr: fo.apex.fused_sgd(
+            lr, momentum=0.9, weight_decay=0.01, nesterov=True, wd_after_momentum=True)),
+        opt("apex_fused_lamb_l2_nvlamb", lambda lr: fo.apex.fused_lamb(
+            lr, weight_decay=0.01, adam_w_mode=False, max_grad_norm=0.5, use_nvlamb=True)),
+    )),
+    Entry("scale_by_apex_novograd", "transform", (
+        tx("inf_norm_inside_moment_init_zero", lambda: fo.scale_by_apex_novograd(
+            0.9, 0.99, 1e-6, weight_decay=0.01, reg_inside_moment=True, norm_type=0, init_zero=True)),
+        opt("apex_fused_novograd_decay", lambda lr: fo.apex.fused_novograd(lr, betas=(0.95, 0.98),
+                                                                           weight_decay=0.01)),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "apex": _MODULE, "ScaleByApexMomentsState": _STATE,
+                  "ScaleByApexNovogradState": _STATE}
+
+
+# ---- timm's LaProp (fo.laprop = fo.timm.laprop), its transform and its decay after the step ----
+ENTRIES += (
+    Entry("scale_by_laprop", "transform", (
+        # the learning rate is its own (it enters the momentum); the output is the whole step
+        opt("betas_eps", lambda lr: fo.chain(fo.scale_by_laprop(lr, 0.5, 0.9, eps=1e-8), fo.scale(-1.0))),
+    )),
+    Entry("laprop", "alias", (
+        opt("caution_corrected", lambda lr: fo.laprop(lr, weight_decay=0.1, caution=True, corrected_weight_decay=True,
+                                                      max_lr_snapshot=0.1)),
+        # the last sample is the compiled one: kept small (the compile budget; caution and the
+        # decay after the step compile in the samples of cautious and of that transform)
+        opt("default", lambda lr: fo.laprop(lr)),
+    )),
+    Entry("add_decoupled_weight_decay_after_step", "transform", (
+        opt("corrected", lambda lr: fo.chain(fo.scale_by_learning_rate(lr),  # (the compiled sample: kept small)
+                                             fo.add_decoupled_weight_decay_after_step(0.1, lr, max_learning_rate=0.1))),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "ScaleByLapropState": _STATE}
+
+# ---- timm's Adan, Adopt, NAdamW, SGDW (fo.adan/adopt/nadamw/sgdw = fo.timm.*) and their pieces ----
+# The compile check runs each entry's last sample: the transforms' last samples carry their
+# own options (Adan's and ADOPT's built-in caution), the aliases' last ones the decays and
+# maximize; the cautious wrapper around NAdamW's and SGDW's steps is compiled in earlier
+# entries (``cautious``), so their caution samples come first.
+_PROX_BF16 = ("the proximal decay returns p_new - p with p_new = (p + u) / (1 + lr * wd) computed in the param "
+              "dtype, as timm's in-place bf16 step rounds it, so a bf16 update carries up to one bf16 ulp of the "
+              "param")
+ENTRIES += (
+    Entry("scale_by_adan", "transform", (
+        tx("default", fo.scale_by_adan),
+        tx("caution", lambda: fo.scale_by_adan(0.9, 0.8, 0.95, 1e-6, caution=True)),
+    )),
+    Entry("add_proximal_weight_decay", "transform", (
+        opt("after_sgd", lambda lr: fo.chain(fo.scale_by_learning_rate(lr), fo.add_proximal_weight_decay(0.1, lr))),
+    ), bf16_update_from_params=_PROX_BF16),
+    Entry("adan", "alias", (
+        opt("prox_caution", lambda lr: fo.adan(lr, betas=(0.9, 0.8, 0.95), weight_decay=0.05, caution=True)),
+        opt("no_prox", lambda lr: fo.adan(lr, weight_decay=0.05, no_prox=True)),
+    ), bf16_update_from_params=_PROX_BF16),
+    Entry("scale_by_adopt", "transform", (
+        tx("default", fo.scale_by_adopt),
+        tx("no_clip", lambda: fo.scale_by_adopt(0.8, 0.99, 1e-3, None)),
+        tx("caution_decay", lambda: fo.scale_by_adopt(0.8, 0.99, 1e-3, 0.5, caution=True, weight_decay=0.1)),
+    )),
+    Entry("adopt", "alias", (
+        opt("decoupled_corrected_caution", lambda lr: fo.adopt(lr, betas=(0.8, 0.99), weight_decay=0.05,
+                                                               decoupled=True, corrected_weight_decay=True,
+                                                               caution=True, max_lr_snapshot=0.1)),
+        opt("coupled_maximize", lambda lr: fo.adopt(lr, weight_decay=0.05, maximize=True)),
+    )),
+    Entry("nadamw", "alias", (
+        opt("caution_clipped", lambda lr: fo.nadamw(lr, betas=(0.8, 0.99), caution=True, clipping_threshold=0.5)),
+        opt("corrected_maximize", lambda lr: fo.nadamw(lr, weight_decay=0.05, corrected_weight_decay=True,
+                                                       maximize=True, max_lr_snapshot=0.1)),
+    )),
+    Entry("sgdw", "alias", (
+        opt("plain_wd", lambda lr: fo.sgdw(lr, weight_decay=0.05)),
+        opt("nesterov_caution", lambda lr: fo.sgdw(lr, momentum=0.9, nesterov=True, weight_decay=0.05,
+                                                   caution=True)),
+        opt("dampened_corrected_maximize", lambda lr: fo.sgdw(
+            lr, momentum=0.9, dampening=0.2, weight_decay=0.05, corrected_weight_decay=True, maximize=True,
+            max_lr_snapshot=0.1)),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "ScaleByAdanState": _STATE}
+
+
+# ---- timm's MARS (fo.mars = fo.timm.mars) and its corrected gradient ----
+ENTRIES += (
+    Entry("mars_gradient_correction", "transform", (
+        tx("clipped_adam", lambda: fo.chain(fo.mars_gradient_correction(0.1, 0.9), fo.scale_by_timm_adam())),
+        # the compiled sample (the last): small; the clipped form compiles in fo.mars's
+        tx("record_only", lambda: fo.chain(fo.mars_gradient_correction(0.0, 0.9, max_norm=None), fo.scale_by_adam())),
+    )),
+    Entry("mars", "alias", (
+        opt("caution_fallback_options", lambda lr: fo.mars(lr, betas=(0.8, 0.95), weight_decay=0.1, gamma=0.1,
+                                                           lr_1d_factor=0.5, betas_1d=(0.7, 0.9), caution=True)),
+        # the compiled sample (the last): one branch (optimize_1d), the clipped correction and caution
+        opt("lion_caution_1d", lambda lr: fo.mars(lr, mars_type="lion", optimize_1d=True, caution=True,
+                                                  weight_decay=0.1)),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "MarsGradientCorrectionState": _STATE}
+# ---- timm's Kron / PSGD (fo.kron = fo.timm.kron; its transform is functional_optim.transforms.scale_by_kron) ----
+_KRON_HOST = ("reads its step counters and its generators' states on the host and branches on "
+              "them (when to update and balance the preconditioner, timm's Python random.Random "
+              "draws), like timm's Kron; documented as exempt from the torch.compile and vmap contracts")
+_KRON_BF16 = ("returns p_new - p with p_new = p - lr * d (after p * (1 - r) when decoupled) computed in "
+              "the param dtype, as timm's in-place bf16 step rounds it, so a bf16 update carries up to "
+              "one bf16 ulp of the param")
+
+
+def _kron_first_step_only(step: int) -> float:
+    # the triangular factors are fitted at the first step only, while Q = I: their float32
+    # solves (timm's choice) then round the random probe alone, which does not depend on lr
+    # or the params, so finite differences stay exact; later fits would move by float32
+    # rounding between the finite-difference points (tests/test_timm_kron.py checks those)
+    return 1.0 if step == 0 else 1e-3
+
+
+ENTRIES += (
+    Entry("kron", "alias", (
+        opt("triangular_first_fit", lambda lr: fo.kron(lr, weight_decay=0.01,
+                                                        preconditioner_update_probability=_kron_first_step_only)),
+        # all factors diagonal (max_size_triangular=1), flattened, fitted on the gradient, probes seeded
+        # by the Python generator, stochastic corrected decoupled decay
+        opt("timm_kronc_diag_flatten_stochastic", lambda lr: fo.timm.kron(
+            lr, momentum=0.5, weight_decay=0.05, decoupled_decay=True, corrected_weight_decay=True,
+            stochastic_weight_decay=True, max_lr_snapshot=0.1, max_size_triangular=1, flatten=True,
+            flatten_start_dim=0, momentum_into_precond_update=False, deterministic=True,
+            preconditioner_update_probability=0.5)),
+    ), exceptions={"vmap_batch": _KRON_HOST, "vmap_shared": _KRON_HOST, "vmap_hypergrad": _KRON_HOST,
+                   "compile": _KRON_HOST}, bf16_update_from_params=_KRON_BF16),
+)
+
+
+# ---- bitsandbytes: 8-bit blockwise state (fo.quantized_state), AdEMAMix, fo.bitsandbytes.* ----
+# The conformance params are tiny, so the samples quantise in blocks of 4 from 2 elements up
+# (bitsandbytes: 256 and 4096). fo.bitsandbytes' aliases run as samples of quantized_state (what
+# their 8-bit forms are) and of scale_by_ademamix: the 32-bit ones all, of the 8-bit ones AdEMAMix
+# (both maps, schedules, cpu_lut) and SGD (the compile check's), as each 8-bit sample costs 4-11 s
+# of checks; Adam8bit/Lion8bit are the same wrapper over fo.adam/fo.timm.lion's math. Parity with
+# bitsandbytes' trajectories (all ten classes) is tested in tests/test_bnb.py.
+ENTRIES += (
+    Entry("quantized_state", "wrapper", (
+        opt("bnb_adam_32bit", lambda lr: fo.bitsandbytes.adam(lr, weight_decay=0.1)),
+        opt("bnb_sgd_32bit", lambda lr: fo.bitsandbytes.sgd(lr, momentum=0.9, weight_decay=0.01)),
+        opt("bnb_lion_32bit", lambda lr: fo.bitsandbytes.lion(lr, weight_decay=0.1)),
+        opt("bnb_ademamix8bit_cpu_lut", lambda lr: fo.bitsandbytes.ademamix8bit(
+            lr, t_alpha=2, t_beta3=3, min_8bit_size=2, rounding="cpu_lut")),
+        opt("adam_blocks_of_4", lambda lr: fo.quantized_state(fo.adam(lr, amsgrad=True), block_size=4, min_size=2)),
+        # last: the one the compile check runs (the smallest graph: tracing costs ~1 s per op here)
+        opt("bnb_sgd8bit", lambda lr: fo.bitsandbytes.sgd8bit(lr, 0.9, min_8bit_size=2)),
+    )),
+    Entry("scale_by_ademamix", "transform", (
+        tx("default", fo.scale_by_ademamix),
+        opt("bnb_ademamix_32bit", lambda lr: fo.bitsandbytes.ademamix(lr, alpha=2.0)),
+        tx("scheduled", lambda: fo.scale_by_ademamix(0.8, 0.99, 0.999, alpha=2.0, t_alpha=2, t_beta3=3)),
+    )),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "bitsandbytes": _MODULE, "quantization": _MODULE,
+                  "QuantizationMaps": _STATE, "QuantizedState": _STATE, "ScaleByAdemamixState": _STATE,
+                  "quantize_state": _UTILITY, "dequantize_state": _UTILITY}
+
+
+# ---- bfloat16 state and params: bf16_state, stochastic_rounding_updates, kahan_summation ----
+_PARAM_DELTA = ("returns t - p, the change of the param to its stochastically rounded (or compensated) "
+                "new value computed in the params' dtype")
+ENTRIES += (
+    Entry("bf16_state", "wrapper", (
+        opt("adam_nearest", lambda lr: fo.bf16_state(fo.adam(lr), rounding="nearest")),
+        opt("adamw_stochastic", lambda lr: fo.bf16_state(fo.adamw(lr, weight_decay=0.01), seed=5)),
+    )),
+    Entry("stochastic_rounding_updates", "transform", (
+        opt("after_sgd", lambda lr: fo.chain(fo.sgd(lr, momentum=0.9), fo.stochastic_rounding_updates(seed=2))),
+    ), bf16_update_from_params=_PARAM_DELTA),
+    Entry("kahan_summation", "transform", (
+        opt("after_adam", lambda lr: fo.chain(fo.adam(lr), fo.kahan_summation())),
+        opt("float32_compensation", lambda lr: fo.chain(fo.sgd(lr), fo.kahan_summation(torch.float32))),
+    ), bf16_update_from_params=_PARAM_DELTA),
+)
+NON_TRANSFORMS = {**NON_TRANSFORMS, "Bf16State": _STATE, "StochasticRoundingUpdatesState": _STATE,
+                  "KahanSummationState": _STATE}
+
+
 def public_names() -> set[str]:
     """``fo.__all__`` and every public attribute of the package."""
     return set(fo.__all__) | {n for n in dir(fo) if not n.startswith("_")}

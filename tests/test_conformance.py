@@ -216,7 +216,9 @@ def test_every_exception_names_a_check_and_gives_a_reason():
             total += 1
         if e.bf16_update_from_params is not None:  # a relaxation of the bf16 check: say why
             assert len(e.bf16_update_from_params.strip()) >= 20, f"{e.name}: give the reason"
-    assert total <= 15, f"{total} exceptions: keep them few"
+    # 13 of them are LBFGS's and Kron's: both branch on host-read values by design (torch's
+    # line search, timm's random preconditioner-update draws)
+    assert total <= 20, f"{total} exceptions: keep them few"
 
 
 def test_registry_covers_every_check_with_most_samples():

@@ -23,7 +23,8 @@ for name in fo.timm.__all__:
 fo.monai.novograd()
 monai.Novograd(model.parameters())
 import generate_timm_adam_family  # the reference loader the tests share: no timm at import
-print(sorted(m for m in sys.modules if m.split('.')[0] in ('timm', 'torchvision', 'timm_shim', 'monai')))
+print(sorted(m for m in sys.modules if m.split('.')[0] in ('timm', 'torchvision', 'timm_shim', 'monai',
+                                                           'bitsandbytes')))
 """
 
 

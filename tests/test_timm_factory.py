@@ -35,10 +35,6 @@ REFERENCE = os.path.join(HERE, "reference", "timm_factory.pt")
 TOL = 1e-13  # relative, float64 trajectories (measured <= 1e-16: our AdamW's eager step may run
 # torch's fused kernel, which can round differently from timm's single-tensor loop by an ulp)
 
-# timm classes whose registry names this package does not implement yet (later issue)
-UNAVAILABLE_CLASSES = {"Adan", "Adopt", "LaProp", "Lion", "Mars", "NAdamW", "SGDW", "AdafactorBigVision",
-                       "Muon", "Kron"}
-UNAVAILABLE_MODULES = ("apex.", "bitsandbytes.")
 TORCH_CLASSES = {"SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "Adagrad", "RMSprop"}
 
 
@@ -205,20 +201,14 @@ def timm():
     return adapters.timm
 
 
-def _available(info: dict) -> bool:
-    cls = info['class']
-    return not (cls.startswith(UNAVAILABLE_MODULES) or cls.rsplit('.', 1)[-1] in UNAVAILABLE_CLASSES)
+def _names(ref, *, torch_only: bool = False) -> list[str]:
+    return [name for name, info in ref['registry'].items()
+            if not torch_only or _is_torch_class(info)]
 
 
-def _names(ref, *, available: bool, torch_only: bool = False) -> list[str]:
-    out = []
-    for name, info in ref['registry'].items():
-        if _available(info) != available:
-            continue
-        if torch_only and info['class_name'] not in TORCH_CLASSES:
-            continue
-        out.append(name)
-    return out
+def _is_torch_class(info: dict) -> bool:
+    # by module: bitsandbytes' classes have torch's names (bitsandbytes.optim.Adam, ...)
+    return info['class'].startswith('torch.optim.') and info['class_name'] in TORCH_CLASSES
 
 
 def _ref():
@@ -227,9 +217,8 @@ def _ref():
 
 # the generator imports this module for the models before the reference exists
 _REF = _ref() if os.path.exists(REFERENCE) else {'registry': {}, 'factory': {}, 'param_groups': {}, 'lists': []}
-AVAILABLE = _names(_REF, available=True)
-TORCH_NAMED = _names(_REF, available=True, torch_only=True)
-UNAVAILABLE = _names(_REF, available=False)
+NAMES = _names(_REF)
+TORCH_NAMED = _names(_REF, torch_only=True)
 FACTORY_CASES = list(_REF['factory'])
 GROUP_CASES = list(_REF['param_groups'])
 
@@ -238,13 +227,12 @@ def _case_uses_torch_class(case: dict) -> bool:
     # whether a factory case only needs torch-named classes (the others need sibling modules)
     opt = case['opt'].lower().split('_')[-1]
     info = _REF['registry'].get(opt)
-    return info is None or info['class_name'] in TORCH_CLASSES or not _available(info)
+    return info is None or _is_torch_class(info)
 
 
 def test_reference_covers_the_registry():
-    # the table was read from timm 1.0.31: 101 names, 47 of them available here
-    assert len(_REF['registry']) == 101
-    assert len(AVAILABLE) == 47 and len(UNAVAILABLE) == 54
+    # the table was read from timm 1.0.31: 101 names, every one available here
+    assert len(_REF['registry']) == 101 == len(NAMES)
     assert set(TORCH_NAMED) == {'sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'nadam', 'radam', 'radamw',
                                 'adamax', 'adadelta', 'adagrad', 'rmsprop'}
 
@@ -263,7 +251,7 @@ def test_optim_info_fields_equal_timm(ref, timm):
     assert timm.OptimInfo.__dataclass_params__.frozen
 
 
-@pytest.mark.parametrize("name", AVAILABLE)
+@pytest.mark.parametrize("name", NAMES)
 def test_optimizer_info_equals_timm(ref, timm, name):
     expected = ref['registry'][name]
     info = timm.get_optimizer_info(name)
@@ -274,26 +262,7 @@ def test_optimizer_info_equals_timm(ref, timm, name):
     assert timm.get_optimizer_info(name.upper()) is info
 
 
-@pytest.mark.parametrize("name", UNAVAILABLE)
-def test_unavailable_names_keep_timm_metadata_and_refuse(ref, timm, name):
-    from adapters.timm._registry import default_registry
-    expected = ref['registry'][name]
-    info = default_registry.unavailable_info(name)
-    assert (info.name, info.description, info.has_eps, info.has_momentum, info.has_betas, info.num_betas,
-            info.second_order, info.defaults) == (
-        expected['name'], expected['description'], expected['has_eps'], expected['has_momentum'],
-        expected['has_betas'], expected['num_betas'], expected['second_order'], expected['defaults'])
-    assert info.opt_class == expected['class']
-    prefix = f"Optimizer {name} not found in registry ("
-    for call in (lambda: timm.get_optimizer_info(name), lambda: timm.get_optimizer_class(name),
-                 lambda: timm.create_optimizer_v2([torch.zeros(1, requires_grad=True)], name),
-                 lambda: timm.create_optimizer_v2([torch.zeros(1, requires_grad=True)], 'lookahead_' + name)):
-        with pytest.raises(ValueError) as err:
-            call()
-        assert str(err.value).startswith(prefix) and "not implement" in str(err.value)
-
-
-@pytest.mark.parametrize("name", AVAILABLE)
+@pytest.mark.parametrize("name", NAMES)
 def test_optimizer_class_equals_timm(ref, timm, name):
     expected = ref['registry'][name]
     raw = timm.get_optimizer_class(name, bind_defaults=False)
@@ -322,12 +291,9 @@ def test_unknown_names_raise_timm_error(timm):
 
 
 @pytest.mark.parametrize("index", range(len(_REF['lists'])))
-def test_list_optimizers_equals_timm_minus_unavailable(ref, timm, index):
+def test_list_optimizers_equals_timm(ref, timm, index):
     case = ref['lists'][index]
-    ours = timm.list_optimizers(**case['kwargs'])
-    expected = [item for item in case['result']
-                if (item[0] if isinstance(item, tuple) else item) in AVAILABLE]
-    assert ours == expected
+    assert timm.list_optimizers(**case['kwargs']) == case['result']
 
 
 @pytest.mark.parametrize("case_id", GROUP_CASES)

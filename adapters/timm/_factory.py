@@ -21,11 +21,8 @@ def list_optimizers(
         exclude_filters: Optional[list[str]] = None,
         with_description: bool = False,
 ) -> list[Union[str, tuple[str, str]]]:
-    """The optimizer names available here, sorted, as ``timm.optim.list_optimizers``.
-
-    timm's names whose class this package does not implement yet (adan, adopt, laprop,
-    lion, mars, nadamw, sgdw, adafactorbv, the muon and kron families, fused* and bnb*,
-    and their variants) are not listed.
+    """The optimizer names, sorted, as ``timm.optim.list_optimizers`` (all 101 of timm
+    1.0.31's, apex's ``fused*`` and bitsandbytes' ``bnb*`` included: they run here).
 
     Args:
       filter: a shell-style pattern (``'adam*'``) or a list of them (names matching any);
@@ -36,9 +33,9 @@ def list_optimizers(
     Example:
       >>> from adapters.timm import list_optimizers
       >>> list_optimizers(['la*', 'nla*'])
-      ['lamb', 'lambc', 'lambcd', 'lambcw', 'lambw', 'larc', 'lars', 'nlarc', 'nlars']
-      >>> list_optimizers('*adam*', exclude_filters=['*legacy', 'c*'])
-      ['adam', 'adamax', 'adamc', 'adamp', 'adamw', 'nadam', 'radam', 'radamw']
+      ['lamb', 'lambc', 'lambcd', 'lambcw', 'lambw', 'laprop', 'lapropc', 'larc', 'lars', 'nlarc', 'nlars']
+      >>> list_optimizers('*adam*', exclude_filters=['*legacy', 'c*', 'bnb*', 'fused*', '*muon'])
+      ['adam', 'adamax', 'adamc', 'adamp', 'adamw', 'nadam', 'nadamc', 'nadamw', 'radam', 'radamw']
       >>> list_optimizers('sgd', with_description=True)
       [('sgd', 'torch.Optim Stochastic Gradient Descent (SGD) with Nesterov momentum')]
     """
@@ -52,8 +49,7 @@ def get_optimizer_info(name: str) -> OptimInfo:
       name: the registry name (``'adamw'``, ``'lambc'``, ...).
 
     Raises:
-      ValueError: ``"Optimizer {name} not found in registry"`` (timm's text), followed by
-        a note for names timm has whose class is not implemented here yet.
+      ValueError: ``"Optimizer {name} not found in registry"`` (timm's text).
 
     Example:
       >>> from adapters.timm import get_optimizer_info
@@ -79,7 +75,7 @@ def get_optimizer_class(
         registry defaults (``'sgd'``: ``nesterov=True``); else the class. Default True.
 
     Raises:
-      ValueError: for an unknown or unavailable name (see :func:`get_optimizer_info`).
+      ValueError: for an unknown name (see :func:`get_optimizer_info`).
 
     Example:
       >>> import torch
@@ -151,8 +147,7 @@ def create_optimizer_v2(
         adapters' drop-ins for torch's classes also take ``compile=True``).
 
     Raises:
-      ValueError: ``"Optimizer {name} not found in registry"`` for an unknown name (with
-        a note for timm's names not implemented here yet).
+      ValueError: ``"Optimizer {name} not found in registry"`` for an unknown name.
 
     Example:
       >>> import torch

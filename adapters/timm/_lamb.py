@@ -5,7 +5,7 @@ objects, so ``inspect.signature(Lamb)`` prints exactly as timm's does.
 """
 
 import functools
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 from torch.optim.optimizer import ParamsT
@@ -15,7 +15,8 @@ from functional_optim.hyperparams import concrete
 from functional_optim.transforms.layerwise_adaptive import ScaleByLambMomentsState, divide_by_global_norm
 
 from ..optimizer import Entry
-from ..torch_optim import _TorchCompatible, _torch_step
+from ..group_step import GroupStepped
+from ..torch_optim import _torch_step
 __all__ = ["Lamb"]
 
 
@@ -47,19 +48,7 @@ def _lamb_of_class(**kwargs: Any) -> fo.GradientTransformation:
     return fo.chain(divide_by_global_norm(None), inner)
 
 
-def _bump_group_step(state: Any) -> None:
-    # timm counts a group's step even when none of its params has a gradient
-    if isinstance(state, ScaleByLambMomentsState):
-        state.count.add_(1)
-    elif isinstance(state, (tuple, list)):
-        for child in state:
-            _bump_group_step(child)
-    elif isinstance(state, dict):
-        for child in state.values():
-            _bump_group_step(child)
-
-
-class Lamb(_TorchCompatible):
+class Lamb(GroupStepped):
     """``timm.optim.Lamb`` on the functional engine (``fo.timm.lamb``), with timm's
     signature, checks, update and state_dict format (checkpoints load both ways).
 
@@ -102,6 +91,8 @@ class Lamb(_TorchCompatible):
     """
 
     _state_keys = {"exp_avg": (_M + "mu",), "exp_avg_sq": (_M + "nu",)}
+
+    _state_cls, _count_key = ScaleByLambMomentsState, _M + "count"  # the group's step
 
     def __init__(
             self,
@@ -151,25 +142,6 @@ class Lamb(_TorchCompatible):
         global_norm = torch.linalg.vector_norm(torch.stack(norms))
         return (global_norm / max_grad_norm).clamp_(min=1.0)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step of every group (the clip divisor computed once, over all groups)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        extra: Dict[str, Any] = {} if loss is None else {"value": loss}
-        divisor = self._clip_divisor()
-        if divisor is not None:
-            extra["clip_divisor"] = divisor
-        for group, rt in zip(self.param_groups, self._groups):
-            if all(p.grad is None for p in group["params"]):
-                rt.rebuild_if_needed(group)
-                _bump_group_step(rt.state)
-                continue
-            rt.step(group, extra)
-        return loss
-
     # -- timm's state_dict: per-param moments, the step count in the param group ------------
 
     def _export_entry(self, entry: Entry) -> Entry:
@@ -189,33 +161,5 @@ class Lamb(_TorchCompatible):
             out[_M + "nu"] = entry["exp_avg_sq"]
         return out
 
-    def _group_steps(self) -> list:
-        steps = []
-        for group, rt in zip(self.param_groups, self._groups):
-            entries = rt.entries(group["params"])
-            count = next((e[_M + "count"] for e in entries if _M + "count" in e), None)
-            steps.append(None if count is None or int(count) == 0 else _torch_step(count))
-        return steps
-
-    def state_dict(self) -> Dict[str, Any]:
-        """timm's format: per-param ``exp_avg``/``exp_avg_sq``, ``step`` in each stepped group."""
-        out = super().state_dict()
-        for packed, step in zip(out["param_groups"], self._group_steps()):
-            if step is not None:
-                packed["step"] = step
-        return out
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Load a state_dict of timm's ``Lamb`` (or of this class): the groups' ``step``
-        becomes the functional state's count."""
-        state = dict(state_dict["state"])
-        groups = []
-        for saved in state_dict["param_groups"]:
-            saved = dict(saved)
-            step = saved.pop("step", None)
-            if step is not None:
-                for idx in saved["params"]:
-                    key = str(idx) if idx not in state and str(idx) in state else idx
-                    state[key] = {**state.get(key, {}), "step": step}
-            groups.append(saved)
-        super().load_state_dict({**state_dict, "state": state, "param_groups": groups})
+    def _export_step(self, count: Any) -> Any:
+        return _torch_step(count)

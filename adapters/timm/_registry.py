@@ -3,12 +3,9 @@
 Every name timm registers is here, with timm's description, flags and bound defaults.
 Each entry names the class that builds it in this package as a lazily imported
 ``"module:Class"`` path: torch.optim's classes map to the adapters' drop-ins
-(``adapters.SGD``, ...), timm's own classes to ``adapters.timm._<module>``. Names whose
-class this package does not have yet (Adan, Adopt, LaProp, Lion, Mars, NAdamW, SGDW,
-AdafactorBigVision, Muon, Kron, APEX's fused* and bitsandbytes' bnb*) keep their
-metadata but are unavailable: they are not listed, and looking them up raises timm's
-``ValueError("Optimizer {name} not found in registry")`` text followed by a note saying
-so. timm itself is never imported.
+(``adapters.SGD``, ...), timm's own classes to ``adapters.timm._<module>``, bitsandbytes'
+to ``adapters.bnb``, apex's fused* to ``adapters.apex``: all 101 names build here, on any
+machine. timm itself is never imported.
 """
 
 from __future__ import annotations
@@ -84,8 +81,7 @@ def _import_class(class_string: str) -> type:
 
 class OptimizerRegistry:
     """Registry of optimizer configurations and the factory that builds them (timm's
-    ``OptimizerRegistry``, same methods), plus a record of the names timm has that this
-    package does not implement yet (``register_unavailable``).
+    ``OptimizerRegistry``, same methods).
 
     Example:
       >>> import torch
@@ -100,7 +96,6 @@ class OptimizerRegistry:
 
     def __init__(self) -> None:
         self._optimizers: dict[str, OptimInfo] = {}
-        self._unavailable: dict[str, OptimInfo] = {}  # timm's, not implemented here (opt_class: timm's class)
         self._foreach_defaults: set[str] = {'lion'}  # kept as timm keeps it; never consulted (nor by timm)
 
     def register(self, info: OptimInfo) -> None:
@@ -109,32 +104,18 @@ class OptimizerRegistry:
         name = info.name.lower()
         if name in self._optimizers:
             _logger.warning(f'Optimizer {name} already registered, overwriting')
-        self._unavailable.pop(name, None)
         self._optimizers[name] = info
-
-    def register_unavailable(self, info: OptimInfo) -> None:
-        """Record a name timm registers whose class this package does not have yet: it is
-        not listed, and looking it up raises ``ValueError`` saying so."""
-        self._unavailable[info.name.lower()] = info
 
     def register_alias(self, alias: str, target: str) -> None:
         """Register ``alias`` for the existing ``target`` (KeyError if there is none)."""
         target = target.lower()
-        if target in self._optimizers:
-            self._optimizers[alias.lower()] = self._optimizers[target]
-        elif target in self._unavailable:
-            self._unavailable[alias.lower()] = self._unavailable[target]
-        else:
+        if target not in self._optimizers:
             raise KeyError(f'Cannot create alias for non-existent optimizer {target}')
+        self._optimizers[alias.lower()] = self._optimizers[target]
 
     def register_foreach_default(self, name: str) -> None:
         """Register an optimizer as defaulting to foreach=True (recorded only, as in timm)."""
         self._foreach_defaults.add(name.lower())
-
-    def unavailable_info(self, name: str) -> OptimInfo:
-        """timm's metadata for a name this package does not implement yet (``opt_class`` is
-        timm's class path, never imported); KeyError for any other name."""
-        return self._unavailable[name.lower()]
 
     def list_optimizers(
             self,
@@ -158,15 +139,10 @@ class OptimizerRegistry:
         return names
 
     def get_optimizer_info(self, name: str) -> OptimInfo:
-        """The ``OptimInfo`` of ``name`` (any case); ValueError if it is not available."""
+        """The ``OptimInfo`` of ``name`` (any case); ValueError if it is not registered."""
         name = name.lower()
         if name not in self._optimizers:
-            message = f'Optimizer {name} not found in registry'
-            if name in self._unavailable:
-                opt_class = self._unavailable[name].opt_class
-                message += (f" (timm 1.0.31 registers '{name}' as {opt_class}; adapters.timm does "
-                            "not implement that class yet)")
-            raise ValueError(message)
+            raise ValueError(f'Optimizer {name} not found in registry')
         return self._optimizers[name]
 
     def get_optimizer_class(
@@ -270,8 +246,8 @@ class OptimizerRegistry:
 
 # -- the table ------------------------------------------------------------------------
 
-# timm's class -> the class that builds it here ("module:Class"); None: not here yet
-_CLASSES: dict[str, Optional[str]] = {
+# timm's class -> the class that builds it here ("module:Class")
+_CLASSES: dict[str, str] = {
     "torch.optim.SGD": "adapters:SGD", "torch.optim.Adam": "adapters:Adam",
     "torch.optim.AdamW": "adapters:AdamW", "torch.optim.NAdam": "adapters:NAdam",
     "torch.optim.RAdam": "adapters:RAdam", "torch.optim.Adamax": "adapters:Adamax",
@@ -290,16 +266,21 @@ _CLASSES: dict[str, Optional[str]] = {
     "timm.optim.MADGRAD": "adapters.timm._madgrad:MADGRAD",
     "timm.optim.Adafactor": "adapters.timm._adafactor:Adafactor",
     "timm.optim.Adahessian": "adapters.timm._adahessian:Adahessian",
-    **dict.fromkeys(["timm.optim.Adan", "timm.optim.Adopt", "timm.optim.LaProp", "timm.optim.Lion",
-                     "timm.optim.Mars", "timm.optim.NAdamW", "timm.optim.SGDW",
-                     "timm.optim.AdafactorBigVision", "timm.optim.Muon", "timm.optim.Kron",
-                     "apex.optimizers.FusedSGD", "apex.optimizers.FusedAdam",
-                     "apex.optimizers.FusedLAMB", "apex.optimizers.FusedNovoGrad",
-                     "bitsandbytes.optim.SGD", "bitsandbytes.optim.SGD8bit", "bitsandbytes.optim.Adam",
-                     "bitsandbytes.optim.Adam8bit", "bitsandbytes.optim.AdamW",
-                     "bitsandbytes.optim.AdamW8bit", "bitsandbytes.optim.Lion",
-                     "bitsandbytes.optim.Lion8bit", "bitsandbytes.optim.AdEMAMix",
-                     "bitsandbytes.optim.AdEMAMix8bit"]),
+    "timm.optim.Lion": "adapters.timm._lion:Lion",
+    "timm.optim.AdafactorBigVision": "adapters.timm._adafactor_bv:AdafactorBigVision",
+    "apex.optimizers.FusedSGD": "adapters.apex:FusedSGD", "apex.optimizers.FusedAdam": "adapters.apex:FusedAdam",
+    "apex.optimizers.FusedLAMB": "adapters.apex:FusedLAMB",
+    "apex.optimizers.FusedNovoGrad": "adapters.apex:FusedNovoGrad",
+    "timm.optim.Adan": "adapters.timm._adan:Adan",
+    "timm.optim.Adopt": "adapters.timm._adopt:Adopt",
+    "timm.optim.NAdamW": "adapters.timm._nadamw:NAdamW",
+    "timm.optim.SGDW": "adapters.timm._sgdw:SGDW",
+    "timm.optim.LaProp": "adapters.timm._laprop:LaProp",
+    "timm.optim.Mars": "adapters.timm._mars:Mars",
+    "timm.optim.Kron": "adapters.timm._kron:Kron",
+    "timm.optim.Muon": "adapters.timm._muon:Muon",
+    **{f"bitsandbytes.optim.{name}": f"adapters.bnb:{name}" for name in (
+        "SGD", "SGD8bit", "Adam", "Adam8bit", "AdamW", "AdamW8bit", "Lion", "Lion8bit", "AdEMAMix", "AdEMAMix8bit")},
 }
 
 _CAUTION = {'caution': True}
@@ -468,12 +449,11 @@ _ALIASES = [('nesterov', 'sgd'), ('nesterovw', 'sgdw')]
 def _build_default_registry() -> OptimizerRegistry:
     registry = OptimizerRegistry()
     for name, timm_class, flags, defaults, description in _TABLE:
-        ours = _CLASSES[timm_class]
-        info = OptimInfo(name, ours if ours is not None else timm_class, description=description,
+        info = OptimInfo(name, _CLASSES[timm_class], description=description,
                          has_eps='E' in flags, has_momentum='M' in flags, has_betas='B' in flags,
                          num_betas=3 if '3' in flags else 2, second_order='H' in flags,
                          defaults=dict(defaults) if defaults is not None else None)
-        (registry.register if ours is not None else registry.register_unavailable)(info)
+        registry.register(info)
     for alias, target in _ALIASES:
         registry.register_alias(alias, target)
     return registry

@@ -8,7 +8,10 @@ state), ``accumulation`` (``MultiSteps``), ``finite`` (``apply_if_finite``), ``c
 
 from .accumulation import MultiSteps, MultiStepsState, skip_large_updates, skip_not_finite
 from .caution import cautious
+from .low_precision_state import Bf16State, bf16_state
 from .projection import scale_invariant_projection
+from .quantized_state import (QuantizationMaps, QuantizedState, dequantize_state, quantize_state,
+                              quantized_state)
 from .conditional import (ConditionallyMaskState, ConditionallyTransformState, conditionally_mask,
                           conditionally_transform)
 from .finite import ApplyIfFiniteState, apply_if_finite
@@ -22,6 +25,7 @@ from .partition import MultiTransformState, PartitionState, multi_transform, par
 
 __all__ = [
     "MultiSteps", "MultiStepsState", "skip_large_updates", "skip_not_finite",
+    "Bf16State", "bf16_state",
     "ConditionallyMaskState", "ConditionallyTransformState", "conditionally_mask", "conditionally_transform",
     "ApplyIfFiniteState", "apply_if_finite",
     "InjectHyperparamsState", "inject_hyperparams",
@@ -32,4 +36,5 @@ __all__ = [
     "ParamEmaState", "ema_params", "param_ema",
     "MultiTransformState", "PartitionState", "multi_transform", "partition", "selective_transform",
     "cautious", "scale_invariant_projection",
+    "QuantizationMaps", "QuantizedState", "dequantize_state", "quantize_state", "quantized_state",
 ]
