@@ -78,7 +78,9 @@ class CountingBackend:
 def test_user_compiled_step_fullgraph_compiles_once():
     def run(compiled):
         model = _model()
-        lr = torch.tensor(3e-3)
+        # in the params' dtype: with a float32 lr, torch's eager loop (which the eager drop-in
+        # runs) rounds the step size in float32, the traced functional update in float64
+        lr = torch.tensor(3e-3, dtype=torch.float64)
         opt = adapters.Adam(model.parameters(), lr=lr, weight_decay=1e-3)
         backend = CountingBackend()
         step = torch.compile(opt.step, fullgraph=True, backend=backend) if compiled else opt.step

@@ -581,9 +581,10 @@ def test_eager_novograd_state_dict_loads_into_the_flat_engine_and_continues_iden
 @pytest.mark.parametrize("make", [
     lambda: fo.chain(fo.adaptive_grad_clip(0.1), fo.adam(1e-2)),  # MATRIX: per-row norms
     lambda: fo.chain(fo.centralize(), fo.sgd(1e-2)),  # MATRIX
-    lambda: fo.masked(fo.optax.lamb(1e-2), lambda p: [i % 2 == 0 for i in range(len(p))]),  # LEAVES
-    lambda: fo.chain(fo.add_noise(0.01, 0.55, key=0), fo.sgd(1e-2)),  # LEAVES: noise by position
-], ids=["agc", "centralize", "masked", "add_noise"])
+    # LEAVES (add_noise, LEAVES too, is left to the conformance compile check: inductor takes
+    # over a minute on its per-leaf random streams)
+    lambda: fo.masked(fo.optax.lamb(1e-2), lambda p: [i % 2 == 0 for i in range(len(p))]),
+], ids=["agc", "centralize", "masked"])
 def test_leaf_and_matrix_transforms_run_per_param(make):
     # (no (4, 3, 3) param here: inductor 2.13 fails on adaptive_grad_clip + adam compiled for
     # a 3-D float64 Parameter with "InductorError: KeyError: 'buf30'", flat buffers or not)
