@@ -9,8 +9,11 @@ giving a decimal exponent from 0 down to -6, and a linear fraction in the rest),
 spends most codes near zero: signed for first moments, unsigned (twice as many
 positive values) for second moments.
 
-Everything here is plain torch (``searchsorted``, indexing, reductions over blocks):
-pure, traceable by ``torch.compile(fullgraph=True)`` and batchable by ``vmap``.
+Everything here is plain torch (table lookups, reductions over blocks): pure, traceable
+by ``torch.compile(fullgraph=True)`` and batchable by ``vmap``. Rounding a float32 value
+to the nearest map entry takes one lookup in a :class:`NearestTable` (65,536 cells indexed
+by the value's top 16 bits) and one comparison, elementwise work that fuses; a search over
+the map's midpoints serves float64 and maps the table cannot serve.
 :func:`functional_optim.quantized_state` keeps another transform's moments in this form.
 
 References:
@@ -22,11 +25,13 @@ References:
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["dynamic_map", "quantize_blockwise", "dequantize_blockwise", "ROUNDINGS", "max_block_error"]
+__all__ = ["dynamic_map", "quantize_blockwise", "dequantize_blockwise", "ROUNDINGS", "max_block_error",
+           "NearestTable", "nearest_table", "dynamic_table"]
 
 ROUNDINGS = ("nearest", "cpu_lut")
 _LUT_STEPS = 65535  # bitsandbytes' CPU backend snaps x/absmax to 65536 points of [-1, 1]
@@ -74,6 +79,85 @@ def dynamic_map(signed: bool = True) -> Tensor:
     return torch.tensor(_dynamic_values(bool(signed)), dtype=torch.float32)  # a fresh tensor per call
 
 
+class NearestTable(NamedTuple):
+    r"""Nearest-entry rounding to a sorted map by the top 16 bits of a float32 value.
+
+    The 65,536 float32 values sharing their top 16 bits (sign, exponent and 7 mantissa
+    bits) form one cell, 2^-7 wide relative to its values. When no cell holds more than
+    one midpoint of consecutive map entries, the nearest entry of ``x`` in cell
+    :math:`h` is :math:`\mathrm{low}_h + [x > \mathrm{mid}_h]`.
+    """
+
+    low: Tensor  # (65536,) uint8: the code of each cell's values below its midpoint
+    mid: Tensor  # (65536,) float32: the midpoint inside the cell (+inf if none)
+
+
+def nearest_table(qmap: Tensor) -> NearestTable | None:
+    r"""The :class:`NearestTable` of a sorted float32 map of at most 256 values, or None if
+    some cell holds two midpoints (the map is then denser than 2^-7 relative somewhere;
+    :func:`quantize_blockwise` searches the midpoints instead).
+
+    The codes equal ``searchsorted(midpoints, x)`` (a tie goes to the lower entry) for
+    every float32 ``x``, NaN excepted.
+
+    Args:
+      qmap: the map's values, float32, sorted ascending.
+
+    Example:
+      >>> from functional_optim.quantization import dynamic_map, nearest_table
+      >>> t = nearest_table(dynamic_map())
+      >>> t.low.shape, t.low.dtype
+      (torch.Size([65536]), torch.uint8)
+    """
+    if qmap.dtype != torch.float32 or qmap.dim() != 1 or not 1 < qmap.numel() <= 256:
+        raise ValueError(f"qmap must be a 1-D float32 tensor of 2 to 256 values, got {qmap.dtype} {tuple(qmap.shape)}")
+    mids = (qmap[:-1] + qmap[1:]) * 0.5
+    cells = torch.arange(65536, dtype=torch.int64, device=qmap.device) << 16
+    first = cells.to(torch.int32).view(torch.float32)  # wraps to the negative patterns past 0x7fff
+    last = (cells | 0xFFFF).to(torch.int32).view(torch.float32)
+    low_end, high_end = torch.minimum(first, last), torch.maximum(first, last)
+    low = torch.searchsorted(mids, low_end)
+    high = torch.searchsorted(mids, high_end)
+    finite = ~(torch.isnan(low_end) | torch.isnan(high_end))
+    if bool(((high - low > 1) & finite).any()):
+        return None
+    inf = torch.full_like(low_end, float("inf"))
+    mid = torch.where(high > low, mids[low.clamp(max=mids.numel() - 1)], inf)
+    return NearestTable(low.to(torch.uint8), mid)
+
+
+_TABLES: dict[tuple[bool, torch.device], NearestTable] = {}  # a plain dict: read by traced code
+
+
+def dynamic_table(signed: bool, device: torch.device | str | None = None) -> NearestTable | None:
+    """The :class:`NearestTable` of :func:`dynamic_map` ``(signed)`` on ``device``, built
+    once per map and device. Inside ``torch.compile`` a table not built before is not
+    built (building reads values to the host): the result is then None, and
+    :func:`quantize_blockwise` searches the midpoints (the same codes, slower).
+
+    Example:
+      >>> import torch
+      >>> from functional_optim.quantization import dynamic_map, dynamic_table, quantize_blockwise
+      >>> x = torch.tensor([0.5, -1.0, 0.0, 2.0])
+      >>> quantize_blockwise(x, dynamic_map(), 2, table=dynamic_table(True))[0]
+      tensor([219,   0, 127, 255], dtype=torch.uint8)
+    """
+    key = (bool(signed), torch.device(device if device is not None else "cpu"))
+    table = _TABLES.get(key)
+    if table is None and not torch.compiler.is_compiling():
+        table = _TABLES[key] = nearest_table(dynamic_map(key[0]).to(key[1]))
+    return table
+
+
+def _nearest_codes(scaled: Tensor, qmap: Tensor, table: NearestTable | None) -> Tensor:
+    """Index of the nearest entry of ``qmap`` for each of ``scaled`` (ties to the lower one)."""
+    if table is not None and scaled.dtype == torch.float32:
+        cell = ((scaled.view(torch.int32) >> 16) & 0xFFFF).to(torch.int64)
+        return table.low[cell].to(torch.int64) + (scaled > table.mid[cell]).to(torch.int64)
+    mids = ((qmap[:-1] + qmap[1:]) * 0.5).to(scaled.dtype)
+    return torch.searchsorted(mids, scaled.contiguous())
+
+
 def _check(block_size: int, rounding: str) -> None:
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise ValueError(f"Invalid block_size: {block_size!r} (expected a positive int)")
@@ -91,7 +175,7 @@ def _blocks(x: Tensor, block_size: int) -> Tensor:
 
 
 def quantize_blockwise(x: Tensor, qmap: Tensor, block_size: int = 256,
-                       rounding: str = "nearest") -> tuple[Tensor, Tensor]:
+                       rounding: str = "nearest", *, table: NearestTable | None = None) -> tuple[Tensor, Tensor]:
     r"""8-bit codes and per-block absolute maxima of ``x`` (bitsandbytes' blockwise scheme).
 
     Per block :math:`B` of ``block_size`` consecutive elements of ``x.reshape(-1)``, in
@@ -122,6 +206,9 @@ def quantize_blockwise(x: Tensor, qmap: Tensor, block_size: int = 256,
       qmap: the 256 sorted map values (:func:`dynamic_map`), float32.
       block_size: elements per block, > 0. Default 256 (bitsandbytes' optimizers).
       rounding: ``"nearest"`` (default) or ``"cpu_lut"``.
+      table: ``qmap``'s :func:`nearest_table` (e.g. :func:`dynamic_table`), for fast
+        float32 rounding: the same codes as without it. Default None (a search over the
+        midpoints).
 
     Returns:
       ``(codes, absmax)``: uint8 codes shaped like ``x``, float32 absmax of shape
@@ -147,8 +234,7 @@ def quantize_blockwise(x: Tensor, qmap: Tensor, block_size: int = 256,
     if rounding == "cpu_lut":
         index = ((scaled.clamp(-1.0, 1.0) + 1.0) * 0.5 * _LUT_STEPS + 0.5).to(torch.int32)
         scaled = (2.0 * index.to(dtype)) / _LUT_STEPS + (-1.0)
-    mids = ((qmap[:-1] + qmap[1:]) * 0.5).to(dtype)
-    codes = torch.searchsorted(mids, scaled.contiguous())
+    codes = _nearest_codes(scaled, qmap, table)
     # cast before cutting the padding off: torch 2.13's inductor miscompiles the other order
     codes = torch.where(nonzero.unsqueeze(1), codes, torch.zeros_like(codes)).to(torch.uint8)
     return codes.reshape(-1)[:x.numel()].reshape(x.shape), absmax

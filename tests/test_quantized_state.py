@@ -15,8 +15,8 @@ import torch
 
 import functional_optim as fo
 from adapters.bnb import AdamW8bit
-from functional_optim.quantization import (ROUNDINGS, dequantize_blockwise, dynamic_map, max_block_error,
-                                           quantize_blockwise)
+from functional_optim.quantization import (ROUNDINGS, dequantize_blockwise, dynamic_map, dynamic_table,
+                                           max_block_error, nearest_table, quantize_blockwise)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = torch.load(os.path.join(HERE, "reference", "bnb.pt"), weights_only=True)
@@ -44,6 +44,37 @@ def test_cpu_lut_codes_and_absmax_equal_bitsandbytes_cpu(key):
                 * case["absmax"][:case["x"].numel() // 256, None]).view(-1) if block == "256" else None
     if expected is not None:
         assert torch.equal(dequantize_blockwise(codes, absmax, qmap, 256)[:expected.numel()], expected)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_nearest_table_rounds_as_the_midpoint_search(signed):
+    qmap = dynamic_map(signed)
+    mids = (qmap[:-1] + qmap[1:]) * 0.5
+    table = nearest_table(qmap)
+    assert table.low.shape == table.mid.shape == (65536,) and table.low.dtype == torch.uint8
+    # every cell's two ends, every midpoint and its float32 neighbours, and random values
+    cells = torch.arange(65536, dtype=torch.int64) << 16
+    ends = torch.cat([cells.to(torch.int32), (cells | 0xFFFF).to(torch.int32)]).view(torch.float32)
+    near = torch.cat([mids, torch.nextafter(mids, torch.tensor(-2.0)), torch.nextafter(mids, torch.tensor(2.0))])
+    gen = torch.Generator().manual_seed(0)
+    rand = torch.randn(200_000, generator=gen) * torch.rand(200_000, generator=gen) ** 6
+    for x in (ends[~ends.isnan()], near, rand / rand.abs().max()):
+        x = x if signed else x.abs()
+        codes, _ = quantize_blockwise(x, qmap, x.numel(), table=table)
+        searched, _ = quantize_blockwise(x, qmap, x.numel())
+        assert torch.equal(codes, searched)
+    assert torch.equal(dynamic_table(signed).mid, table.mid)
+
+
+def test_nearest_table_declines_a_map_denser_than_its_cells():
+    dense = torch.linspace(0.5, 0.52, 256)  # gaps of 8e-5, cells of 2^-8 near 0.5
+    assert nearest_table(dense) is None
+    x = torch.linspace(0.49, 0.53, 1000)
+    codes, absmax = quantize_blockwise(x, dense, 1000)  # the midpoint search serves it
+    brute = (x[:, None] / absmax - dense[None, :]).abs().argmin(dim=1)
+    assert torch.equal(codes.long(), brute)
+    with pytest.raises(ValueError, match="qmap"):
+        nearest_table(dense.double())
 
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)

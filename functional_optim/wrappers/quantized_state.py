@@ -10,7 +10,7 @@ import optree
 import torch
 
 from ..base import GradientTransformation, Needs, declare
-from ..quantization import ROUNDINGS, dequantize_blockwise, dynamic_map, quantize_blockwise
+from ..quantization import ROUNDINGS, dequantize_blockwise, dynamic_map, dynamic_table, quantize_blockwise
 
 __all__ = ["QuantizationMaps", "QuantizedState", "quantized_state", "quantize_state", "dequantize_state",
            "UNSIGNED_FIELDS"]
@@ -74,6 +74,14 @@ def _qmap(maps: QuantizationMaps, field: str | None, unsigned_fields: Collection
     return maps.unsigned if field in unsigned_fields else maps.signed
 
 
+def _quantize(leaf: torch.Tensor, maps: QuantizationMaps, field: str | None, unsigned_fields: Collection[str],
+              block_size: int, rounding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # the maps are bitsandbytes' dynamic maps: their rounding tables are built once per device
+    signed = field not in unsigned_fields
+    table = dynamic_table(signed, leaf.device)
+    return quantize_blockwise(leaf, _qmap(maps, field, unsigned_fields), block_size, rounding, table=table)
+
+
 def quantize_state(inner_state: Any, *, block_size: int = 256, min_size: int = 4096,
                    unsigned_fields: Collection[str] = UNSIGNED_FIELDS,
                    rounding: str = "nearest") -> QuantizedState:
@@ -105,7 +113,7 @@ def quantize_state(inner_state: Any, *, block_size: int = 256, min_size: int = 4
     codes, absmax = [], []
     for leaf, field in zip(leaves, fields):
         if _quantizable(leaf, min_size):
-            c, a = quantize_blockwise(leaf, _qmap(maps, field, unsigned_fields), block_size, rounding)
+            c, a = _quantize(leaf, maps, field, unsigned_fields, block_size, rounding)
             codes.append(c)
             absmax.append(a)
         else:
@@ -158,7 +166,7 @@ def _requantize(new_inner: Any, old: QuantizedState, block_size: int, unsigned_f
             codes.append(leaf)
             absmax.append(None)
         else:
-            c, m = quantize_blockwise(leaf, _qmap(old.qmaps, field, unsigned_fields), block_size, rounding)
+            c, m = _quantize(leaf, old.qmaps, field, unsigned_fields, block_size, rounding)
             codes.append(c)
             absmax.append(m)
     return QuantizedState(treedef.unflatten(codes), treedef.unflatten(absmax), old.qmaps)
@@ -189,7 +197,10 @@ def quantized_state(inner: GradientTransformation, *, block_size: int = 256, min
                c' = \text{nearest map value to } s' / a')
 
     The update :math:`u` is computed from the full-precision :math:`s'`, as bitsandbytes
-    does; only what is kept is quantised. Fields named in ``unsigned_fields`` use the
+    does; only what is kept is quantised. Rounding to the nearest map value takes one lookup in
+    the map's :class:`~functional_optim.quantization.NearestTable` and one comparison per
+    float32 element (float64 state searches the midpoints); the state's ``qmaps`` are
+    therefore bitsandbytes' dynamic maps, as :func:`quantize_state` makes them. Fields named in ``unsigned_fields`` use the
     unsigned dynamic map, every other quantised leaf the signed one. The worst error of
     a kept value is :math:`0.0070313\,a` (signed) or :math:`0.0035157\,a` (unsigned) with
     :math:`a` its block's absmax (:func:`~functional_optim.quantization.max_block_error`).
