@@ -531,7 +531,8 @@ def _novograd_run(factory, hp, compile, steps=10, no_grad_at=5, params=None, opt
     return [p.detach().clone() for p in params], opt, kinds, saved
 
 
-@pytest.mark.parametrize("factory,hp", NOVOGRAD_CASES)
+# the full-option case of each family (the default ones take the same path: conformance covers them)
+@pytest.mark.parametrize("factory,hp", [NOVOGRAD_CASES[1], NOVOGRAD_CASES[4]])
 def test_novograd_runs_flat_and_equals_the_eager_run_through_the_handover(factory, hp):
     torch._dynamo.reset()
     counters.clear()
