@@ -197,11 +197,12 @@ def quantized_state(inner: GradientTransformation, *, block_size: int = 256, min
                c' = \text{nearest map value to } s' / a')
 
     The update :math:`u` is computed from the full-precision :math:`s'`, as bitsandbytes
-    does; only what is kept is quantised. Rounding to the nearest map value takes one lookup in
-    the map's :class:`~functional_optim.quantization.NearestTable` and one comparison per
-    float32 element (float64 state searches the midpoints); the state's ``qmaps`` are
-    therefore bitsandbytes' dynamic maps, as :func:`quantize_state` makes them. Fields named in ``unsigned_fields`` use the
-    unsigned dynamic map, every other quantised leaf the signed one. The worst error of
+    does; only what is kept is quantised. Rounding to the nearest map value takes one
+    lookup in the map's :class:`~functional_optim.quantization.NearestTable` and one
+    comparison per float32 element (float64 state searches the midpoints); the state's
+    ``qmaps`` are therefore bitsandbytes' dynamic maps, as :func:`quantize_state` makes
+    them. Fields named in ``unsigned_fields`` use the unsigned dynamic map, every other
+    quantised leaf the signed one. The worst error of
     a kept value is :math:`0.0070313\,a` (signed) or :math:`0.0035157\,a` (unsigned) with
     :math:`a` its block's absmax (:func:`~functional_optim.quantization.max_block_error`).
     The codes are integers: derivatives flow through the update's full-precision math
