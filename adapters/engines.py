@@ -20,7 +20,6 @@ between them.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from functional_optim import kernels as k
 
 from . import eager_steps, flat, fused, state_io
 from .flat import FlatLayout
+from .traced import TracedStep, torch_compiled
 
 Entry = dict[str, Any]
 
@@ -325,18 +325,19 @@ def _one_d(t: torch.Tensor) -> torch.Tensor:
 
 
 def compile_step(tx: fo.GradientTransformation, flat: bool = False) -> Callable:
-    """The whole step in one graph (see :func:`write_back_step`); ``flat``: over a flat
-    layout's buffers (reductions there recompute rather than store, see ``_RECOMPUTE``)."""
+    """The whole step in one graph (see :func:`write_back_step`). ``flat``: over a flat
+    layout's buffers, traced once and compiled by inductor without dynamo
+    (``adapters.traced``: a few arguments, checked cheaply per call; reductions there
+    recompute rather than store, see ``_RECOMPUTE``). Per-param leaves go through
+    ``torch.compile``, whose guards check hundreds of tensors faster than Python can."""
 
     def step(params, grads, state, extra, segments):
         write_back_step(tx, params, grads, state, extra, segments)
 
-    # dynamo caches compiled code per code object (8 entries by default); a private copy
-    # of the code gives every group its own cache, so many groups or optimizers coexist
-    own = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__,
-                             step.__defaults__, step.__closure__)
-    options = _RECOMPUTE if flat and fo.needs(tx) >= fo.Needs.GLOBAL else None
-    return torch.compile(own, fullgraph=True, dynamic=False, options=options)
+    if not flat:
+        return torch_compiled(step)
+    options = _RECOMPUTE if fo.needs(tx) >= fo.Needs.GLOBAL else None
+    return TracedStep(step, options)
 
 
 # Inductor stores an elementwise result read by a reduction and again after it (LAMB's
