@@ -38,17 +38,17 @@ each dispatched step (``StepCall.eager_tx``), exactly as on the functional path.
 from __future__ import annotations
 
 import math
+import sys
 from numbers import Real
 from typing import Any
 
 import torch
 
-from functional_optim import kernels as k
 from functional_optim.transforms.newton_schulz import newton_schulz
 from functional_optim.transforms.shape_scaling import shape_lr_ratio
 
 from . import state_io
-from .fused import _dense
+from .fused import _dense, advance
 
 Entry = dict[str, Any]
 
@@ -69,7 +69,10 @@ FAMILIES = frozenset(_NUMBERS)
 # families whose per-param step has no scalar state to update (NAdam's mu_product, ASGD's
 # eta and mu): their large params run piece by piece (see _chunks)
 _CHUNKED = frozenset({"rmsprop", "adadelta", "adamax"})
-CHUNK = 1 << 18  # elements per piece: a piece's few tensors stay in the last-level cache
+_UNNUMBERED = frozenset({"rmsprop", "adadelta"})  # steps that do not read torch's step number
+# elements per piece: a piece's few tensors stay in the last-level cache (4 MiB each in
+# float32). ResNet-50's params, RMSprop with momentum: 53 ms a step; 60 with 1 << 18, 56 whole
+CHUNK = 1 << 20
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -149,16 +152,25 @@ def applies(family: str, group: dict[str, Any], params: list[torch.Tensor], grad
         if not all(isinstance(v, Real) for v in (value if isinstance(value, (tuple, list)) else (value,))):
             return False
     present = False
+    layout = torch.sparse_coo if family in _SPARSE else torch.strided
     for p, g in zip(params, grads):
         if g is None:
             continue
         present = True
-        layout = torch.sparse_coo if family in _SPARSE else torch.strided
         if (p.dtype not in _DTYPES or g.dtype != p.dtype or g.device != p.device
-                or g.layout != layout or p.layout != torch.strided
-                or k.is_dtensor(p) or k.is_dtensor(g)):  # shards: the functional update's dispatch
+                or g.layout != layout or p.layout != torch.strided):
             return False
-    return present
+    return present and not _sharded(params, grads)
+
+
+def _sharded(params: list[torch.Tensor], grads: list) -> bool:
+    """Whether a param with a gradient, or its gradient, is a DTensor (shards take the
+    functional update's dispatch); no per-tensor check unless DTensor's module is loaded."""
+    module = sys.modules.get("torch.distributed.tensor")
+    if module is None:
+        return False
+    return any(isinstance(p, module.DTensor) or isinstance(g, module.DTensor)
+               for p, g in zip(params, grads) if g is not None)
 
 
 def step(family: str, group: dict[str, Any], params: list[torch.Tensor], grads: list, state: Any,
@@ -178,18 +190,20 @@ def step(family: str, group: dict[str, Any], params: list[torch.Tensor], grads: 
     if isinstance(lr, torch.Tensor) and lr.dim() != 0:
         lr = lr.squeeze()  # torch's loop computes with the 0-d tensor itself
     one_param, counter_names = _STEPS[family], _counters(family, group)
+    chunked, numbered = family in _CHUNKED, family not in _UNNUMBERED
     counters = []
     for p, g, entry in zip(params, grads, entries):
         if g is None:
             continue
-        step_number = int(entry[counter_names[0]]) + 1  # torch's step: the count after this update
-        if family in _CHUNKED and p.numel() >= 2 * CHUNK and p.is_contiguous() and g.is_contiguous():
+        # torch's step: the count after this update (a host read, only where it is used)
+        step_number = int(entry[counter_names[0]]) + 1 if numbered else 0
+        if chunked and p.numel() >= 2 * CHUNK and p.is_contiguous() and g.is_contiguous():
             for part_p, part_g, part_entry in _chunks(p, g, entry):
                 one_param(group, lr, part_p, part_g, part_entry, scratch, step_number)
         else:
             one_param(group, lr, p, g, entry, scratch, step_number)
         counters += [entry[name] for name in counter_names]
-    torch._foreach_add_(counters, 1)  # one call for all (int32 counters, exact)
+    advance(counters)
 
 
 def _chunks(p: torch.Tensor, g: torch.Tensor, entry: Entry) -> list[tuple[torch.Tensor, torch.Tensor, Entry]]:

@@ -109,7 +109,7 @@ def test_dispatched_step_is_torchs_for_loop_bit_for_bit(name, dtype, monkeypatch
 
 @pytest.mark.parametrize("name", ["rmsprop", "rmsprop_centered_all", "adadelta_all", "adamax_all"])
 def test_large_params_run_in_pieces_with_torchs_bits(name, monkeypatch):
-    # pieces of 64 elements (real runs: 2**18) over params of 203 and 15 x 17 elements,
+    # pieces of 64 elements (real runs: 2**20) over params of 203 and 15 x 17 elements,
     # float32 and float64: the same bits as torch's loop over whole tensors
     monkeypatch.setattr(eager_steps, "CHUNK", 64)
     pieces = []
