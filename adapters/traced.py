@@ -25,7 +25,7 @@ from typing import Any
 import optree
 import torch
 
-# how many graphs one step keeps before a new argument structure goes to torch.compile
+# graphs one step makes at most; the next new argument structure hands every call to torch.compile
 MAX_GRAPHS = 8
 
 
@@ -102,7 +102,7 @@ class TracedStep:
             key = None
         entry = self._compiled.get(key) if key is not None else None
         if entry is None:
-            entry = self._compile(args, leaves, spec) if key is not None else None
+            entry = self._compile(leaves, spec) if key is not None else None
             if entry is None:
                 self.fallback = self._torch_compile()
                 self.fallback(*args)
@@ -111,7 +111,7 @@ class TracedStep:
         compiled, captured = entry
         compiled(*captured, *[leaf for leaf in leaves if isinstance(leaf, torch.Tensor)])
 
-    def _compile(self, args: tuple, leaves: list, spec: Any) -> tuple[Callable, list] | None:
+    def _compile(self, leaves: list, spec: Any) -> tuple[Callable, list] | None:
         """Trace and compile for these arguments' structure; None if it cannot be traced."""
         if len(self._compiled) >= MAX_GRAPHS or not all(
                 _plain(leaf) for leaf in leaves if isinstance(leaf, torch.Tensor)):

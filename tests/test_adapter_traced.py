@@ -5,7 +5,8 @@ inductor, without dynamo.
   change is read at the next call, with no new graph;
 * a call with another argument structure (a tensor of another shape, an extra argument)
   compiles a second graph, and calls switch between them; dynamo sees none of it;
-* arguments it cannot key (an unhashable constant) go to ``torch.compile`` instead;
+* arguments it cannot key (an unhashable constant), or a structure past ``MAX_GRAPHS``, go
+  to ``torch.compile`` instead;
 * the adapter's flat step equals the eager step while a schedule moves the lr.
 """
 
@@ -15,6 +16,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import adapters
+import adapters.traced
 import functional_optim as fo
 from adapter_harness import max_rel_diff
 from adapters.traced import TracedStep
@@ -99,3 +101,14 @@ def test_flat_step_follows_the_eager_step_under_a_schedule_with_one_graph():
     (flat, opt), (eager, _) = run(True), run(False)
     assert opt._groups[0].engine.kind == "flat" and len(engine_graphs(opt)) == 1
     assert max_rel_diff([flat], [eager]) <= 1e-13  # float64: the compiled kernel's rounding
+
+
+def test_past_max_graphs_every_call_goes_to_torch_compile(monkeypatch):
+    monkeypatch.setattr(adapters.traced, "MAX_GRAPHS", 1)
+    traced = TracedStep(_decay)
+    a, b = [torch.ones(4)], [torch.ones(3)]
+    traced(a, torch.tensor(0.5))
+    traced(b, torch.tensor(0.5))  # a second structure: past the limit
+    traced(a, torch.tensor(0.5))
+    assert len(traced.graphs) == 1 and traced.fallback is not None
+    assert torch.equal(a[0], torch.full((4,), 0.25)) and torch.equal(b[0], torch.full((3,), 0.5))
