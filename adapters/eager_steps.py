@@ -38,17 +38,18 @@ each dispatched step (``StepCall.eager_tx``), exactly as on the functional path.
 from __future__ import annotations
 
 import math
-import sys
 from numbers import Real
 from typing import Any
 
 import torch
 
+from functional_optim import kernels as k
+from functional_optim.steps import increment
 from functional_optim.transforms.newton_schulz import newton_schulz
 from functional_optim.transforms.shape_scaling import shape_lr_ratio
 
 from . import state_io
-from .fused import _dense, advance
+from .fused import _dense
 
 Entry = dict[str, Any]
 
@@ -160,17 +161,8 @@ def applies(family: str, group: dict[str, Any], params: list[torch.Tensor], grad
         if (p.dtype not in _DTYPES or g.dtype != p.dtype or g.device != p.device
                 or g.layout != layout or p.layout != torch.strided):
             return False
-    return present and not _sharded(params, grads)
-
-
-def _sharded(params: list[torch.Tensor], grads: list) -> bool:
-    """Whether a param with a gradient, or its gradient, is a DTensor (shards take the
-    functional update's dispatch); no per-tensor check unless DTensor's module is loaded."""
-    module = sys.modules.get("torch.distributed.tensor")
-    if module is None:
-        return False
-    return any(isinstance(p, module.DTensor) or isinstance(g, module.DTensor)
-               for p, g in zip(params, grads) if g is not None)
+    # shards (DTensor params or grads): the functional update's dispatch
+    return present and not (k.any_dtensor(params) or k.any_dtensor(grads))
 
 
 def step(family: str, group: dict[str, Any], params: list[torch.Tensor], grads: list, state: Any,
@@ -203,7 +195,7 @@ def step(family: str, group: dict[str, Any], params: list[torch.Tensor], grads: 
         else:
             one_param(group, lr, p, g, entry, scratch, step_number)
         counters += [entry[name] for name in counter_names]
-    advance(counters)
+    increment(counters, donate=True)
 
 
 def _chunks(p: torch.Tensor, g: torch.Tensor, entry: Entry) -> list[tuple[torch.Tensor, torch.Tensor, Entry]]:

@@ -185,6 +185,20 @@ def is_dtensor(x: Any) -> bool:
     return module is not None and isinstance(x, module.DTensor)
 
 
+def any_dtensor(xs: Sequence[Any]) -> bool:
+    """Whether any of ``xs`` is a DTensor (see :func:`is_dtensor`; None entries allowed),
+    looking the module up once: a per-step check over many params costs nothing unless
+    DTensor is loaded.
+
+    Example:
+      >>> import torch, functional_optim as fo
+      >>> fo.kernels.any_dtensor([torch.zeros(2), None])
+      False
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and any(isinstance(x, module.DTensor) for x in xs)
+
+
 # ---------------------------------------------------------------------------------
 # The generic mapper
 
