@@ -1,6 +1,6 @@
 """Eager steps of the drop-ins torch has no fused kernel for, as torch's for-loop, in place.
 
-``RMSprop`` (plain, momentum, centered), ``Adadelta``, ``Adamax``, ``NAdam`` and ``ASGD``
+``RMSprop`` (plain, momentum, centered), ``Adadelta``, ``Adamax``, ``NAdam``, ``RAdam`` and ``ASGD``
 drop-ins run their eager (``compile=False``) step here, and so do ``Adam``/``AdamW`` where
 torch's fused kernel does not compute torch's default step (a tensor ``lr`` without
 ``fused=True``: torch's loop rounds its step size in the lr's dtype, the kernel in the
@@ -18,7 +18,7 @@ last division into the param update, ``p.addcdiv_``, as torch's loop does):
   size of the largest param, viewed with each param's layout). Torch's allocations cost
   most on large params (fresh pages each step): on one 10M-element tensor RMSprop,
   Adadelta, Adamax and NAdam take 0.4-0.5 of the time of torch's loop;
-* RMSprop, Adadelta and Adamax run contiguous params of at least ``2 * CHUNK`` elements
+* RMSprop, Adadelta, Adamax and RAdam run contiguous params of at least ``2 * CHUNK`` elements
   piece by piece, the whole op sequence per piece while it is in cache (``_chunks``);
 * Python work per step is about torch's own (a few ops per param); the state's leaves
   are looked up once per state, not per step, and the counters advance in one call.
@@ -60,6 +60,7 @@ _NUMBERS = {
     "adadelta": ("rho", "eps", "weight_decay"),
     "adamax": ("betas", "eps", "weight_decay"),
     "nadam": ("betas", "eps", "weight_decay", "momentum_decay"),
+    "radam": ("betas", "eps", "weight_decay"),
     "asgd": ("lambd", "alpha", "t0", "weight_decay"),
     "sparse_adam": ("betas", "eps"),
     "muon": ("weight_decay", "momentum", "eps", "ns_coefficients"),
@@ -69,7 +70,7 @@ _SPARSE = frozenset({"sparse_adam"})
 FAMILIES = frozenset(_NUMBERS)
 # families whose per-param step has no scalar state to update (NAdam's mu_product, ASGD's
 # eta and mu): their large params run piece by piece (see _chunks)
-_CHUNKED = frozenset({"rmsprop", "adadelta", "adamax"})
+_CHUNKED = frozenset({"rmsprop", "adadelta", "adamax", "radam"})
 _UNNUMBERED = frozenset({"rmsprop", "adadelta"})  # steps that do not read torch's step number
 # elements per piece: a piece's few tensors stay in the last-level cache (4 MiB each in
 # float32). ResNet-50's params, RMSprop with momentum: 53 ms a step; 60 with 1 << 18, 56 whole
@@ -374,6 +375,28 @@ def _nadam(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, ent
     p.addcdiv_(exp_avg, denom, value=(-lr * mu_next) / (1.0 - product_next))
 
 
+def _radam(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entry: Entry,
+           scratch: Scratch, step: int) -> None:
+    beta1, beta2 = group["betas"]
+    weight_decay, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
+    g = _grad(group, p, g, scratch, coupled_decay=not decoupled)
+    if weight_decay != 0 and decoupled:
+        p.mul_(1 - lr * weight_decay)
+    exp_avg, exp_avg_sq = entry["ScaleByAdamState.mu"], entry["ScaleByAdamState.nu"]
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    bias_correction1, bias_correction2 = 1 - beta1 ** step, 1 - beta2 ** step
+    update = torch.div(exp_avg, bias_correction1, out=scratch.buffer(1, exp_avg)).mul_(lr)
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
+    if rho_t > 5.0:
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        # torch's float / tensor is reciprocal(tensor) * float
+        adaptive = torch.sqrt(exp_avg_sq, out=scratch.buffer(2, exp_avg_sq)).add_(group["eps"]).reciprocal_()
+        update.mul_(adaptive.mul_(bias_correction2 ** 0.5)).mul_(rect)
+    p.add_(update, alpha=-1.0)
+
+
 def _asgd(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entry: Entry,
           scratch: Scratch, step: int) -> None:
     lambd, alpha, t0 = group["lambd"], group["alpha"], group["t0"]
@@ -396,5 +419,6 @@ def _asgd(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entr
 _COUNT = {"adam": "ScaleByAdamState.count", "sparse_adam": "ScaleBySparseAdamState.count",
           "muon": "EmaState.count", "rmsprop": "ScaleByRmsState.count", "adadelta": "ScaleByAdaDeltaState.count",
           "adamax": "ScaleByAdamaxState.count", "nadam": "ScaleByNadamState.count",
-          "asgd": "ScaleByAsgdState.count"}
-_STEPS = {"adam": _adam, "sparse_adam": _sparse_adam, "muon": _muon, "rmsprop": _rmsprop, "adadelta": _adadelta, "adamax": _adamax, "nadam": _nadam, "asgd": _asgd}
+          "radam": "ScaleByAdamState.count", "asgd": "ScaleByAsgdState.count"}
+_STEPS = {"adam": _adam, "sparse_adam": _sparse_adam, "muon": _muon, "rmsprop": _rmsprop, "adadelta": _adadelta,
+          "adamax": _adamax, "nadam": _nadam, "radam": _radam, "asgd": _asgd}

@@ -8,7 +8,7 @@ the names of the matching state leaves (``"<StateClass>.<field>"``, see ``state_
 torch's fused kernels (Adam, AdamW, SGD, Adagrad: ``adapters.fused``); ``capturable`` and
 ``differentiable`` are refused (differentiate through steps with functional_optim
 directly). ``compile=True`` selects the compiled step (see FunctionalOptimizer).
-RMSprop, Adadelta, Adamax, NAdam, ASGD, SparseAdam (and Muon) run their eager steps as
+RMSprop, Adadelta, Adamax, NAdam, RAdam, ASGD, SparseAdam (and Muon) run their eager steps as
 torch's for-loop in place on their state (``adapters.eager_steps``; no switch: torch's classes take no
 ``fused``).
 """
@@ -363,6 +363,7 @@ class RAdam(_TorchCompatible):
 
     _state_keys = {"step": ("ScaleByAdamState.count",), "exp_avg": ("ScaleByAdamState.mu",),
                    "exp_avg_sq": ("ScaleByAdamState.nu",)}
+    _fused_family = "radam"  # eager steps: torch's for-loop in place (adapters.eager_steps)
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,

@@ -1,4 +1,4 @@
-"""adapters.eager_steps: RMSprop/Adadelta/Adamax/NAdam/ASGD (and Adam/AdamW with a tensor
+"""adapters.eager_steps: RMSprop/Adadelta/Adamax/NAdam/RAdam/ASGD (and Adam/AdamW with a tensor
 lr) drop-in eager steps as torch's for-loop, in place on the functional state. (Muon's and
 SparseAdam's, whose params this harness does not fit, are held to torch's loop by
 test_torch_optim_db.py and test_adafactor_muon.py.)
@@ -11,7 +11,7 @@ test_torch_optim_db.py and test_adafactor_muon.py.)
   1.6e-15 / 1.9e-6 (RMSprop with momentum, float32); torch's own foreach vs for-loop 0
   for RMSprop, Adadelta and Adamax (CPU foreach runs the same per-tensor kernels), up to
   1.0e-16 / 1.1e-7 for NAdam and 5.8e-9 / 1.3e-6 for ASGD;
-* large params run piece by piece (RMSprop, Adadelta, Adamax) with torch's bits;
+* large params run piece by piece (RMSprop, Adadelta, Adamax, RAdam) with torch's bits;
 * the user's gradients are never written, and every counter advances once per step;
 * complex params, sparse gradients and tensor hyperparameters other than lr take the
   functional update;
@@ -52,6 +52,10 @@ CASES = {
         lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, momentum_decay=0.01, maximize=True)),
     "nadam_tensor_lr": (adapters.NAdam, torch.optim.NAdam, fo.nadam, dict(
         lr=torch.tensor([1e-2]), weight_decay=0.1, decoupled_weight_decay=True)),
+    "radam": (adapters.RAdam, torch.optim.RAdam, fo.radam, dict(lr=1e-2, weight_decay=0.1)),
+    "radam_decoupled_all": (adapters.RAdam, torch.optim.RAdam, fo.radam, dict(
+        lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    "radam_tensor_lr": (adapters.RAdam, torch.optim.RAdam, fo.radam, dict(lr=torch.tensor(1e-2))),
     "asgd": (adapters.ASGD, torch.optim.ASGD, fo.asgd, dict(lr=1e-2, t0=5)),  # averaging from step 6
     "asgd_all": (adapters.ASGD, torch.optim.ASGD, fo.asgd, dict(
         lr=1e-2, lambd=1e-2, alpha=0.5, t0=5, weight_decay=0.1, maximize=True)),
@@ -107,7 +111,8 @@ def test_dispatched_step_is_torchs_for_loop_bit_for_bit(name, dtype, monkeypatch
     assert max_rel_diff(functional, dispatched) <= (1e-14 if dtype == torch.float64 else 4e-6)
 
 
-@pytest.mark.parametrize("name", ["rmsprop", "rmsprop_centered_all", "adadelta_all", "adamax_all"])
+@pytest.mark.parametrize("name", ["rmsprop", "rmsprop_centered_all", "adadelta_all", "adamax_all",
+                                  "radam_decoupled_all"])
 def test_large_params_run_in_pieces_with_torchs_bits(name, monkeypatch):
     # pieces of 64 elements (real runs: 2**20) over params of 203 and 15 x 17 elements,
     # float32 and float64: the same bits as torch's loop over whole tensors
@@ -128,7 +133,7 @@ def test_large_params_run_in_pieces_with_torchs_bits(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["rmsprop_centered_all", "adadelta_all", "adamax_all",
-                                  "nadam_decoupled_all", "asgd_all"])
+                                  "nadam_decoupled_all", "radam_decoupled_all", "asgd_all"])
 def test_gradients_are_left_untouched_and_counters_advance(name):
     ours_cls, _, _, kwargs = CASES[name]
     params = _params(torch.float32)
@@ -165,6 +170,7 @@ def test_falls_back_where_the_in_place_step_does_not_apply(monkeypatch):
     assert count(adapters.Adadelta, lr=0.1, rho=torch.tensor(0.8)) == 0
     assert count(adapters.Adamax, lr=0.1, betas=(torch.tensor(0.9), 0.99)) == 0
     assert count(adapters.NAdam, lr=0.1, momentum_decay=torch.tensor(4e-3)) == 0
+    assert count(adapters.RAdam, lr=0.1, eps=torch.tensor(1e-8)) == 0
     assert count(adapters.ASGD, lr=0.1, weight_decay=torch.tensor(0.1)) == 0
 
     # complex params: the functional update, which still follows torch's loop
@@ -190,7 +196,8 @@ def test_sparse_gradients_are_not_dispatched():
     assert eager_steps.applies("rmsprop", opt.param_groups[0], [emb.weight, dense], [None, torch.ones(3)])
 
 
-@pytest.mark.parametrize("name", ["rmsprop_centered_all", "nadam_decoupled_all", "asgd_all"])
+@pytest.mark.parametrize("name", ["rmsprop_centered_all", "nadam_decoupled_all", "radam_decoupled_all",
+                                  "asgd_all"])
 def test_checkpoints_pass_both_ways_with_torch_mid_run(name):
     # torch -> ours -> torch over 3 x 10 steps is torch's trajectory bit for bit, so every
     # state leaf the in-place step leaves (scalars included) is torch's. torch's reference
@@ -217,16 +224,16 @@ def test_checkpoints_pass_both_ways_with_torch_mid_run(name):
 
 
 @pytest.mark.parametrize("name", ["rmsprop_centered_all", "adadelta_all", "adamax_all",
-                                  "nadam_decoupled_all", "asgd_all", "asgd_tensor_lr"])
+                                  "nadam_decoupled_all", "radam_decoupled_all", "asgd_all", "asgd_tensor_lr"])
 def test_eager_step_allocates_nothing_param_sized(name):
     ours_cls, _, _, kwargs = CASES[name]
     shapes = [(64, 48), (48,), (4, 8, 5, 5), ()]
-    grads = make_grads(6, torch.float32, shapes=shapes, none_every=None)
+    grads = make_grads(12, torch.float32, shapes=shapes, none_every=None)
     params = leaves(make_params(torch.float32, shapes=shapes))
     opt = ours_cls(params, **kwargs)
-    train(opt, params, grads[:2])  # the scratch buffers are made on first use
+    train(opt, params, grads[:8])  # scratch is made on first use (RAdam rectifies from step 6, ASGD averages from 7)
     assert all(w is None for w in opt._groups[0].engine.work)  # the functional path's buffers: never made
-    for g in grads[2:]:
+    for g in grads[8:]:
         for p, gi in zip(params, g):
             p.grad = gi.clone()
         with Allocations(min_numel=48) as recorder:
