@@ -18,7 +18,7 @@ last division into the param update, ``p.addcdiv_``, as torch's loop does):
   size of the largest param, viewed with each param's layout). Torch's allocations cost
   most on large params (fresh pages each step): on one 10M-element tensor RMSprop,
   Adadelta, Adamax and NAdam take 0.4-0.5 of the time of torch's loop;
-* RMSprop, Adadelta, Adamax and RAdam run contiguous params of at least ``2 * CHUNK`` elements
+* RMSprop, Adadelta, Adamax, RAdam and ASGD run contiguous params of at least ``2 * CHUNK`` elements
   piece by piece, the whole op sequence per piece while it is in cache (``_chunks``);
 * Python work per step is about torch's own (a few ops per param); the state's leaves
   are looked up once per state, not per step, and the counters advance in one call.
@@ -69,7 +69,7 @@ _NUMBERS = {
 _SPARSE = frozenset({"sparse_adam"})
 FAMILIES = frozenset(_NUMBERS)
 # families whose per-param step has no scalar state to update (NAdam's mu_product, ASGD's
-# eta and mu): their large params run piece by piece (see _chunks)
+# eta and mu): their large params run piece by piece (see _chunks; ASGD splits its own)
 _CHUNKED = frozenset({"rmsprop", "adadelta", "adamax", "radam"})
 _UNNUMBERED = frozenset({"rmsprop", "adadelta"})  # steps that do not read torch's step number
 # elements per piece: a piece's few tensors stay in the last-level cache (4 MiB each in
@@ -204,12 +204,17 @@ def _chunks(p: torch.Tensor, g: torch.Tensor, entry: Entry) -> list[tuple[torch.
     elements: the whole op sequence runs on one piece while it is in cache, instead of
     each op streaming the whole param from memory. Elementwise math per element is the
     same (pieces start at multiples of every vector width), so the bits are too."""
-    shaped = {n: t for n, t in entry.items() if t.shape == p.shape}
-    if not all(t.is_contiguous() for t in shaped.values()):
-        return [(p, g, entry)]
-    parts = {n: t.view(-1).split(CHUNK) for n, t in shaped.items()}
-    return [(part_p, part_g, {**entry, **{n: pieces[i] for n, pieces in parts.items()}})
-            for i, (part_p, part_g) in enumerate(zip(p.view(-1).split(CHUNK), g.view(-1).split(CHUNK)))]
+    names = [n for n, t in entry.items() if t.shape == p.shape]
+    return [(part_p, part_g, {**entry, **dict(zip(names, parts))})
+            for part_p, part_g, *parts in _pieces(p, g, *(entry[n] for n in names))]
+
+
+def _pieces(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Same-shaped tensors as consecutive pieces of :data:`CHUNK` elements (see
+    :func:`_chunks`), or whole when they are not all contiguous."""
+    if not all(t.is_contiguous() for t in tensors):
+        return [tensors]
+    return list(zip(*(t.view(-1).split(CHUNK) for t in tensors)))
 
 
 def _counters(family: str, group: dict[str, Any]) -> list[str]:
@@ -403,15 +408,17 @@ def _asgd(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entr
     eta, mu, ax = entry["ScaleByAsgdState.eta"], entry["ScaleByAsgdState.mu"], entry["ScaleByAsgdState.ax"]
     if step == 1:
         _set(eta, lr)  # torch makes eta from the lr of a param's first step
-    g = _grad(group, p, g, scratch)
-    eta_value = eta.item()
-    p.mul_(1 - lambd * eta_value)
-    p.add_(g, alpha=-eta_value)
-    if mu.item() != 1:
-        # slot 0 (the decayed gradient, if any) is free again
-        ax.add_(torch.sub(p, ax, out=scratch.buffer(0, p)).mul_(mu))
-    else:
-        ax.copy_(p)
+    eta_value, averaging = eta.item(), mu.item() != 1
+    # a large param in pieces, its scalars read and updated once (see _chunks)
+    for part_p, part_g, part_ax in _pieces(p, g, ax) if p.numel() >= 2 * CHUNK else [(p, g, ax)]:
+        part_g = _grad(group, part_p, part_g, scratch)
+        part_p.mul_(1 - lambd * eta_value)
+        part_p.add_(part_g, alpha=-eta_value)
+        if averaging:
+            # slot 0 (the decayed gradient, if any) is free again
+            part_ax.add_(torch.sub(part_p, part_ax, out=scratch.buffer(0, part_p)).mul_(mu))
+        else:
+            part_ax.copy_(part_p)
     _set(eta, lr / ((1 + lambd * lr * step) ** alpha))
     _set(mu, 1 / max(1, step - t0))
 
