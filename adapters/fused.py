@@ -17,8 +17,8 @@ none), and no trace by a user's ``torch.compile``. Otherwise, or with ``fused=Fa
 step runs the functional update.
 
 The drop-ins torch has no fused kernel for run their eager steps elsewhere: RMSprop,
-Adadelta, Adamax, NAdam and ASGD as torch's for-loop in place (``adapters.eager_steps``);
-RAdam, Rprop and SparseAdam, and every chain, as the functional update.
+Adadelta, Adamax, NAdam, RAdam, ASGD and SparseAdam as torch's for-loop in place
+(``adapters.eager_steps``); Rprop, and every chain, as the functional update.
 
 The CPU kernels walk each param's memory in order and index its gradient and state at
 the same offsets, so a param whose gradient or state is laid out differently (a
