@@ -18,8 +18,9 @@ last division into the param update, ``p.addcdiv_``, as torch's loop does):
   size of the largest param, viewed with each param's layout). Torch's allocations cost
   most on large params (fresh pages each step): on one 10M-element tensor RMSprop,
   Adadelta, Adamax and NAdam take 0.4-0.5 of the time of torch's loop;
-* RMSprop, Adadelta, Adamax, RAdam and ASGD run contiguous params of at least ``2 * CHUNK`` elements
-  piece by piece, the whole op sequence per piece while it is in cache (``_chunks``);
+* RMSprop, Adadelta, Adamax, NAdam, RAdam and ASGD run contiguous params of at least
+  ``2 * CHUNK`` elements piece by piece, the whole op sequence per piece while it is in
+  cache (``_chunks``);
 * Python work per step is about torch's own (a few ops per param); the state's leaves
   are looked up once per state, not per step, and the counters advance in one call.
 
@@ -68,8 +69,8 @@ _NUMBERS = {
 # families whose gradients are sparse (torch's SparseAdam takes nothing else)
 _SPARSE = frozenset({"sparse_adam"})
 FAMILIES = frozenset(_NUMBERS)
-# families whose per-param step has no scalar state to update (NAdam's mu_product, ASGD's
-# eta and mu): their large params run piece by piece (see _chunks; ASGD splits its own)
+# families whose per-param step has no scalar state to update: their large params run
+# piece by piece (see _chunks); NAdam's and ASGD's steps split theirs (_large_in_pieces)
 _CHUNKED = frozenset({"rmsprop", "adadelta", "adamax", "radam"})
 _UNNUMBERED = frozenset({"rmsprop", "adadelta"})  # steps that do not read torch's step number
 # elements per piece: a piece's few tensors stay in the last-level cache (4 MiB each in
@@ -217,6 +218,13 @@ def _pieces(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     return list(zip(*(t.view(-1).split(CHUNK) for t in tensors)))
 
 
+def _large_in_pieces(p: torch.Tensor, *like_p: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """:func:`_pieces` of ``p`` and its same-shaped tensors if ``p`` has at least
+    ``2 * CHUNK`` elements, else them whole: for steps that also update per-param scalars,
+    which :func:`_chunks` would update once per piece."""
+    return _pieces(p, *like_p) if p.numel() >= 2 * CHUNK else [(p, *like_p)]
+
+
 def _counters(family: str, group: dict[str, Any]) -> list[str]:
     """The names of the int32 update counters a step of ``family`` advances."""
     names = [_COUNT[family]]
@@ -362,22 +370,23 @@ def _nadam(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, ent
     weight_decay, momentum_decay = group["weight_decay"], group["momentum_decay"]
     decoupled = group["decoupled_weight_decay"]
     bias_correction2 = 1 - beta2 ** step
-    g = _grad(group, p, g, scratch, coupled_decay=not decoupled)
-    if weight_decay != 0 and decoupled:
-        p.mul_(1 - lr * weight_decay)
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
     mu_product = entry["ScaleByNadamState.mu_product"]
-    mu_product.mul_(mu)
-    exp_avg, exp_avg_sq = entry["ScaleByNadamState.mu"], entry["ScaleByNadamState.nu"]
-    exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    denom = torch.div(exp_avg_sq, bias_correction2, out=scratch.buffer(1, exp_avg_sq)).sqrt_()
-    product = mu_product.item()
+    product = mu_product.mul_(mu).item()
     product_next = product * mu_next
-    denom.add_(group["eps"])
-    p.addcdiv_(g, denom, value=(-lr * (1.0 - mu) / (1.0 - product)))
-    p.addcdiv_(exp_avg, denom, value=(-lr * mu_next) / (1.0 - product_next))
+    exp_avg, exp_avg_sq = entry["ScaleByNadamState.mu"], entry["ScaleByNadamState.nu"]
+    # a large param in pieces, its scalars updated once (see _chunks)
+    for p, g, exp_avg, exp_avg_sq in _large_in_pieces(p, g, exp_avg, exp_avg_sq):
+        g = _grad(group, p, g, scratch, coupled_decay=not decoupled)
+        if weight_decay != 0 and decoupled:
+            p.mul_(1 - lr * weight_decay)
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = torch.div(exp_avg_sq, bias_correction2, out=scratch.buffer(1, exp_avg_sq)).sqrt_()
+        denom.add_(group["eps"])
+        p.addcdiv_(g, denom, value=(-lr * (1.0 - mu) / (1.0 - product)))
+        p.addcdiv_(exp_avg, denom, value=(-lr * mu_next) / (1.0 - product_next))
 
 
 def _radam(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entry: Entry,
@@ -410,7 +419,7 @@ def _asgd(group: dict[str, Any], lr: Any, p: torch.Tensor, g: torch.Tensor, entr
         _set(eta, lr)  # torch makes eta from the lr of a param's first step
     eta_value, averaging = eta.item(), mu.item() != 1
     # a large param in pieces, its scalars read and updated once (see _chunks)
-    for part_p, part_g, part_ax in _pieces(p, g, ax) if p.numel() >= 2 * CHUNK else [(p, g, ax)]:
+    for part_p, part_g, part_ax in _large_in_pieces(p, g, ax):
         part_g = _grad(group, part_p, part_g, scratch)
         part_p.mul_(1 - lambd * eta_value)
         part_p.add_(part_g, alpha=-eta_value)

@@ -11,7 +11,7 @@ test_torch_optim_db.py and test_adafactor_muon.py.)
   1.6e-15 / 1.9e-6 (RMSprop with momentum, float32); torch's own foreach vs for-loop 0
   for RMSprop, Adadelta and Adamax (CPU foreach runs the same per-tensor kernels), up to
   1.0e-16 / 1.1e-7 for NAdam and 5.8e-9 / 1.3e-6 for ASGD;
-* large params run piece by piece (RMSprop, Adadelta, Adamax, RAdam, ASGD) with torch's bits;
+* large params run piece by piece (RMSprop, Adadelta, Adamax, NAdam, RAdam, ASGD) with torch's bits;
 * the user's gradients are never written, and every counter advances once per step;
 * complex params, sparse gradients and tensor hyperparameters other than lr take the
   functional update;
@@ -112,7 +112,7 @@ def test_dispatched_step_is_torchs_for_loop_bit_for_bit(name, dtype, monkeypatch
 
 
 @pytest.mark.parametrize("name", ["rmsprop", "rmsprop_centered_all", "adadelta_all", "adamax_all",
-                                  "radam_decoupled_all", "asgd_all"])
+                                  "nadam_decoupled_all", "radam_decoupled_all", "asgd_all"])
 def test_large_params_run_in_pieces_with_torchs_bits(name, monkeypatch):
     # pieces of 64 elements (real runs: 2**20) over params of 203 and 15 x 17 elements,
     # float32 and float64: the same bits as torch's loop over whole tensors
