@@ -191,23 +191,21 @@ def step(family: str, group: dict[str, Any], params: list[torch.Tensor], grads: 
             continue
         # torch's step: the count after this update (a host read, only where it is used)
         step_number = int(entry[counter_names[0]]) + 1 if numbered else 0
-        if chunked and p.numel() >= 2 * CHUNK and p.is_contiguous() and g.is_contiguous():
-            for part_p, part_g, part_entry in _chunks(p, g, entry):
-                one_param(group, lr, part_p, part_g, part_entry, scratch, step_number)
-        else:
-            one_param(group, lr, p, g, entry, scratch, step_number)
+        for part_p, part_g, part_entry in _chunks(p, g, entry) if chunked else [(p, g, entry)]:
+            one_param(group, lr, part_p, part_g, part_entry, scratch, step_number)
         counters += [entry[name] for name in counter_names]
     increment(counters, donate=True)
 
 
 def _chunks(p: torch.Tensor, g: torch.Tensor, entry: Entry) -> list[tuple[torch.Tensor, torch.Tensor, Entry]]:
     """``p``, ``g`` and ``p``-shaped state split into consecutive pieces of :data:`CHUNK`
-    elements: the whole op sequence runs on one piece while it is in cache, instead of
-    each op streaming the whole param from memory. Elementwise math per element is the
-    same (pieces start at multiples of every vector width), so the bits are too."""
+    elements when ``p`` has at least ``2 * CHUNK`` (see :func:`_large_in_pieces`): the
+    whole op sequence runs on one piece while it is in cache, instead of each op streaming
+    the whole param from memory. Elementwise math per element is the same (pieces start at
+    multiples of every vector width), so the bits are too."""
     names = [n for n, t in entry.items() if t.shape == p.shape]
     return [(part_p, part_g, {**entry, **dict(zip(names, parts))})
-            for part_p, part_g, *parts in _pieces(p, g, *(entry[n] for n in names))]
+            for part_p, part_g, *parts in _large_in_pieces(p, g, *(entry[n] for n in names))]
 
 
 def _pieces(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
@@ -220,8 +218,8 @@ def _pieces(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
 
 def _large_in_pieces(p: torch.Tensor, *like_p: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     """:func:`_pieces` of ``p`` and its same-shaped tensors if ``p`` has at least
-    ``2 * CHUNK`` elements, else them whole: for steps that also update per-param scalars,
-    which :func:`_chunks` would update once per piece."""
+    ``2 * CHUNK`` elements, else them whole. NAdam's and ASGD's steps call it themselves:
+    they also update per-param scalars, once per param, not once per piece."""
     return _pieces(p, *like_p) if p.numel() >= 2 * CHUNK else [(p, *like_p)]
 
 
